@@ -1,0 +1,737 @@
+"""minivlp: learning visual embeddings for a frozen language model, in one file.
+
+Pipeline: text corpus -> tokenizer + tiny causal LM (pretrained, then frozen) -> text features
+t = h(T) -> a small CNN g(I) trained with InfoNCE so that v = g(I) meets t -> retrieval and
+zero-shot evaluation. Document sections implemented: §3.2 steps 1-4, §4.1 (v = g(I; θv), t = h(T; θl)),
+§4.2 (the InfoNCE loss). Papers followed: InfoNCE (van den Oord et al. 2018), CLIP (Radford et al.
+2021), LiT (Zhai et al. 2022: a locked tower), Frozen (Tsimpoukelli et al. 2021: a frozen LM).
+Nothing runs on import: train.py and eval.py are the command-line faces of these functions.
+"""
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+# Dimension legend, used in every shape comment:
+#   B batch   T tokens   C LM width (= embedding size, §3.2 step 2)   V vocabulary
+#   H, W image height and width   N images in a set   M distinct captions in a set
+
+
+# ------------------------------------------------------------------------------------------------
+# 1. Configuration: the defaults are the documentation; train.py turns every field into a flag.
+# ------------------------------------------------------------------------------------------------
+
+@dataclass
+class WorldConfig:
+    image_size: int = 32         # rendered images are image_size x image_size RGB
+    train_images: int = 20000    # paired image-caption examples for alignment
+    eval_images: int = 1000      # images in each evaluation split
+    corpus_documents: int = 20000  # text-only documents for LM pretraining
+
+
+@dataclass
+class LMConfig:
+    vocab_size: int = 432        # byte-level BPE: 256 bytes + 173 merges + 3 special tokens
+    context: int = 64            # longest token sequence the LM reads
+    width: int = 128             # C: hidden size of the LM, and so of the visual embedding
+    depth: int = 4               # transformer blocks
+    heads: int = 4               # attention heads (width must divide evenly)
+    steps: int = 400             # pretraining steps
+    batch_size: int = 32         # sequences of `context` tokens per step
+    lr: float = 3e-3             # peak learning rate (AdamW), after linear warmup
+    warmup_steps: int = 40
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+
+
+@dataclass
+class AlignConfig:
+    steps: int = 300             # alignment steps (only the visual embedder learns)
+    batch_size: int = 256        # N in §4.2: each image has N - 1 negative captions
+    lr: float = 2e-3
+    warmup_steps: int = 30
+    weight_decay: float = 0.05
+    temperature: float = 0.07    # τ in §4.2 (initial value when learned)
+    learn_temperature: bool = True
+
+
+def describe_device(name):
+    """Resolve --device auto|cpu|cuda to a torch.device; cuda without CUDA is a ValueError."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: this machine has no CUDA device (use --device cpu or auto)")
+    return torch.device(name)
+
+
+def autocast(device):
+    """bf16 autocast on CUDA (the tensor cores' fast path); plain float32 on CPU."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+# ------------------------------------------------------------------------------------------------
+# 2. Data: a toy world of shapes, its captions, its evaluation splits and a text-only corpus.
+# ------------------------------------------------------------------------------------------------
+
+COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 240),
+           "yellow": (240, 220, 40), "purple": (160, 60, 200), "orange": (250, 140, 20),
+           "white": (240, 240, 240)}
+SHAPES = ["circle", "square", "triangle", "cross", "diamond"]
+SIZES = ["small", "large"]
+POSITIONS = {"left": "on the left", "right": "on the right", "top": "at the top",
+             "bottom": "at the bottom", "centre": "in the centre"}
+# Relations are canonical (the first object is above / left of the second), so every scene has
+# exactly one plain caption and retrieval has one right answer.
+RELATIONS = {"above": "above", "left": "to the left of"}
+
+# Words that paired captions never use. The LM's corpus uses them interchangeably with the plain
+# words inside one document, so only a pretrained LM can know that "crimson ring" means "red circle".
+SYNONYMS = {"red": "crimson", "green": "emerald", "blue": "azure", "yellow": "golden",
+            "purple": "violet", "orange": "amber", "white": "ivory", "circle": "ring",
+            "square": "box", "triangle": "wedge", "cross": "plus", "diamond": "rhombus",
+            "small": "tiny", "large": "big"}
+
+# Colour+shape pairs never drawn in a training image (the `compositional` split), but described
+# in the LM's corpus like every other pair.
+HELD_OUT_PAIRS = {("red", "triangle"), ("green", "cross"), ("blue", "diamond"),
+                  ("yellow", "circle"), ("purple", "square")}
+
+
+@dataclass(frozen=True)
+class Scene:
+    """One object (colour, shape, size, position) or two objects and their relation."""
+    objects: tuple               # ((colour, shape),) or ((colour, shape), (colour, shape))
+    size: str = ""               # one object only: a key of SIZES
+    where: str = ""              # one object: a key of POSITIONS; two: a key of RELATIONS
+
+
+def caption(scene, wording=None):
+    """The grammar: 'a small red circle on the left' / 'a red circle above a blue square'.
+
+    `wording` maps plain words to the words to use (the paraphrase split passes SYNONYMS)."""
+    w = (lambda word: wording.get(word, word)) if wording else (lambda word: word)
+    if len(scene.objects) == 1:
+        (colour, shape), = scene.objects
+        return f"a {w(scene.size)} {w(colour)} {w(shape)} {POSITIONS[scene.where]}"
+    (c1, s1), (c2, s2) = scene.objects
+    return f"a {w(c1)} {w(s1)} {RELATIONS[scene.where]} a {w(c2)} {w(s2)}"
+
+
+def random_scene(rng, held_out):
+    """Draw a scene; held_out=False avoids HELD_OUT_PAIRS, True needs one, None allows all."""
+    while True:
+        n_objects = int(rng.integers(1, 3))
+        objects = tuple((str(rng.choice(list(COLOURS))), str(rng.choice(SHAPES)))
+                        for _ in range(n_objects))
+        if n_objects == 2 and objects[0] == objects[1]:
+            continue  # 'a red circle above a red circle' names neither object
+        uses_held_out = any(pair in HELD_OUT_PAIRS for pair in objects)
+        if held_out is None or held_out == uses_held_out:
+            break
+    if n_objects == 1:
+        return Scene(objects, str(rng.choice(SIZES)), str(rng.choice(list(POSITIONS))))
+    return Scene(objects, "", str(rng.choice(list(RELATIONS))))
+
+
+def draw_shape(draw, shape, cx, cy, r, fill):
+    """Draw one shape of 'radius' r centred on (cx, cy)."""
+    if shape == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    elif shape == "square":
+        draw.rectangle([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    elif shape == "triangle":
+        draw.polygon([(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)], fill=fill)
+    elif shape == "cross":
+        arm = max(1.0, r / 3)
+        draw.rectangle([cx - r, cy - arm, cx + r, cy + arm], fill=fill)
+        draw.rectangle([cx - arm, cy - r, cx + arm, cy + r], fill=fill)
+    elif shape == "diamond":
+        draw.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=fill)
+
+
+def render(scene, image_size, rng):
+    """Scene -> (H, W, 3) uint8 image; positions and sizes jitter so that no two images repeat."""
+    s = image_size
+    image = Image.new("RGB", (s, s), (0, 0, 0))
+    draw = ImageDraw.Draw(image)
+    jitter = lambda: float(rng.uniform(-0.05, 0.05)) * s
+    if len(scene.objects) == 1:
+        (colour, shape), = scene.objects
+        fx, fy = {"left": (0.25, 0.5), "right": (0.75, 0.5), "top": (0.5, 0.25),
+                  "bottom": (0.5, 0.75), "centre": (0.5, 0.5)}[scene.where]
+        r = (0.12 if scene.size == "small" else 0.21) * s * float(rng.uniform(0.9, 1.1))
+        draw_shape(draw, shape, fx * s + jitter(), fy * s + jitter(), r, COLOURS[colour])
+    else:
+        # along the relation's axis the first object sits in the first quarter band, the second in
+        # the last; across it each object may be anywhere in the middle
+        along = [rng.uniform(0.2, 0.3), rng.uniform(0.7, 0.8)]
+        across = rng.uniform(0.25, 0.75, size=2)
+        for (colour, shape), a, c in zip(scene.objects, along, across):
+            x, y = (c, a) if scene.where == "above" else (a, c)
+            draw_shape(draw, shape, x * s, y * s, 0.15 * s, COLOURS[colour])
+    return np.asarray(image)
+
+
+@dataclass
+class Split:
+    """A set of rendered images and their captions; `captions` holds each distinct caption once."""
+    scenes: list                 # N scenes
+    images: torch.Tensor         # (N, 3, H, W) uint8
+    captions: list               # M distinct caption strings
+    caption_index: torch.Tensor  # (N,) long: images[i] is described by captions[caption_index[i]]
+
+
+def make_split(n_images, image_size, seed, held_out, wording=None):
+    """Render n_images scenes once into memory (rendering never runs in the training loop)."""
+    rng = np.random.default_rng(seed)
+    scenes = [random_scene(rng, held_out) for _ in range(n_images)]
+    images = np.stack([render(scene, image_size, rng) for scene in scenes])  # (N, H, W, 3)
+    texts = [caption(scene, wording) for scene in scenes]
+    captions = sorted(set(texts))
+    position = {text: j for j, text in enumerate(captions)}
+    return Split(scenes, torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), captions,
+                 torch.tensor([position[text] for text in texts]))
+
+
+def make_eval_splits(cfg, seed):
+    """The three evaluation splits, deterministic by seed.
+
+    test           new images of seen colour+shape pairs, plain wording
+    compositional  images with a held-out pair, plain wording (the pair is only in the LM corpus)
+    paraphrase     the `test` images, every word that has a synonym replaced by it
+    """
+    test = make_split(cfg.eval_images, cfg.image_size, (seed, 2), held_out=False)
+    paraphrase_texts = [caption(scene, SYNONYMS) for scene in test.scenes]
+    paraphrase_captions = sorted(set(paraphrase_texts))
+    position = {text: j for j, text in enumerate(paraphrase_captions)}
+    paraphrase = Split(test.scenes, test.images, paraphrase_captions,
+                       torch.tensor([position[text] for text in paraphrase_texts]))
+    compositional = make_split(cfg.eval_images, cfg.image_size, (seed, 3), held_out=True)
+    return {"test": test, "compositional": compositional, "paraphrase": paraphrase}
+
+
+def make_world(cfg, seed):
+    """The paired training set (seen colour+shape pairs, plain wording) and the evaluation splits."""
+    train = make_split(cfg.train_images, cfg.image_size, (seed, 1), held_out=False)
+    return {"train": train, **make_eval_splits(cfg, seed)}
+
+
+def questions(scene, rng):
+    """Question-answer pairs about a scene: (question, answer, kind). Answers use plain words.
+
+    Kinds: colour, shape, count, position (one object), exists. A question that would not name a
+    single object (two circles: 'what colour is the circle?') is not asked."""
+    shapes = [shape for _, shape in scene.objects]
+    colours = [colour for colour, _ in scene.objects]
+    colour, shape = scene.objects[int(rng.integers(len(scene.objects)))]
+    pairs = [("how many objects are there?", ["one", "two"][len(scene.objects) - 1], "count")]
+    if shapes.count(shape) == 1:
+        pairs.append((f"what colour is the {shape}?", colour, "colour"))
+    if colours.count(colour) == 1:
+        pairs.append((f"what shape is the {colour} object?", shape, "shape"))
+    if len(scene.objects) == 1:
+        pairs.append((f"where is the {shape}?", scene.where, "position"))
+    asked = (str(rng.choice(list(COLOURS))), str(rng.choice(SHAPES)))
+    if rng.random() < 0.5:
+        asked = (colour, shape)
+    pairs.append((f"is there a {asked[0]} {asked[1]}?", "yes" if asked in scene.objects else "no",
+                  "exists"))
+    return pairs
+
+
+def corpus_document(rng):
+    """A text-only document about a random scene (held-out pairs included, image never drawn).
+
+    Three captions of the same scene, each word independently replaced by its synonym half the
+    time, then questions with answers. Because the choice is independent inside one document,
+    'crimson' predicts exactly what 'red' predicts, and the LM's states for the two converge.
+    (If a document picked one word for all its sentences, the LM would only learn that 'crimson'
+    is a colour.)"""
+    scene = random_scene(rng, held_out=None)
+    lines = []
+    for _ in range(3):
+        wording = {word: syn for word, syn in SYNONYMS.items() if rng.random() < 0.5}
+        lines.append(caption(scene, wording))
+    for question, answer, _ in questions(scene, rng):
+        wording = {word: syn for word, syn in SYNONYMS.items() if rng.random() < 0.5}
+        question = " ".join(wording.get(word, word) for word in question.split(" "))
+        lines.append(f"q: {question} a: {answer}")
+    return "\n".join(lines)
+
+
+def make_corpus(n_documents, seed):
+    """The LM's pretraining text: a list of documents, larger than the paired set."""
+    rng = np.random.default_rng((seed, 0))
+    return [corpus_document(rng) for _ in range(n_documents)]
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. The language model: GPT-style, pretrained on text (§3.2 step 1), then frozen.
+# ------------------------------------------------------------------------------------------------
+
+class CausalSelfAttention(nn.Module):
+    """softmax(Q K^T / sqrt(d) + causal mask) V, written out step by step."""
+
+    def __init__(self, width, heads, context):
+        super().__init__()
+        assert width % heads == 0, f"width {width} must divide into {heads} heads"
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        # position t may attend to positions <= t only
+        self.register_buffer("causal_mask", torch.ones(context, context).tril().bool(),
+                             persistent=False)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        d = C // self.heads
+        q, k, v = self.qkv(x).split(C, dim=2)                           # 3 x (B, T, C)
+        q, k, v = (z.view(B, T, self.heads, d).transpose(1, 2) for z in (q, k, v))  # (B, h, T, d)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(d)                 # (B,h,T,d) @ (B,h,d,T) -> (B,h,T,T)
+        scores = scores.masked_fill(~self.causal_mask[:T, :T], float("-inf"))
+        weights = scores.softmax(dim=-1)                                # each row sums to 1 over the past
+        out = weights @ v                                               # (B,h,T,T) @ (B,h,T,d) -> (B,h,T,d)
+        return self.proj(out.transpose(1, 2).reshape(B, T, C))          # (B, T, C)
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attention(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, width, heads, context):
+        super().__init__()
+        self.ln_attention = nn.LayerNorm(width)
+        self.attention = CausalSelfAttention(width, heads, context)
+        self.ln_mlp = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+
+    def forward(self, x):
+        x = x + self.attention(self.ln_attention(x))
+        return x + self.mlp(self.ln_mlp(x))
+
+
+class LanguageModel(nn.Module):
+    """Token + position embeddings, pre-LN blocks, final LayerNorm, head tied to token_emb."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.context = cfg.context
+        self.token_emb = nn.Embedding(cfg.vocab_size, cfg.width)
+        self.pos_emb = nn.Embedding(cfg.context, cfg.width)
+        self.blocks = nn.ModuleList(Block(cfg.width, cfg.heads, cfg.context) for _ in range(cfg.depth))
+        self.ln_final = nn.LayerNorm(cfg.width)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module):
+        # GPT-2's N(0, 0.02): a random LM then starts near uniform next-token predictions
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear):
+            nn.init.zeros_(module.bias)
+
+    def forward(self, token_ids, prefix=None):
+        """(B, T) token ids -> (B, T, C) hidden states after the final LayerNorm.
+
+        prefix: optional (B, K, C) embeddings placed ahead of the tokens' embeddings (the visual
+        prefix of Frozen); the output then covers all K + T positions, (B, K + T, C)."""
+        x = self.token_emb(token_ids)                                   # (B, T, C)
+        if prefix is not None:
+            x = torch.cat([prefix.to(x.dtype), x], dim=1)               # (B, K + T, C)
+        T = x.shape[1]
+        assert T <= self.context, f"{T} positions exceed the LM context of {self.context}"
+        x = x + self.pos_emb(torch.arange(T, device=x.device))          # (B, T, C) + (T, C)
+        for block in self.blocks:
+            x = block(x)
+        return self.ln_final(x)
+
+    def logits(self, hidden):
+        """(B, T, C) -> (B, T, V): the head shares its weights with token_emb (weight tying)."""
+        return hidden @ self.token_emb.weight.T                         # (B,T,C) @ (C,V)
+
+
+def encode_corpus(tokenizer, documents):
+    """Documents -> one long (L,) stream: <bos> document <eos> <bos> document <eos> ..."""
+    stream = []
+    for document in documents:
+        stream += [tokenizer.bos_id] + tokenizer.encode(document) + [tokenizer.eos_id]
+    return torch.tensor(stream)
+
+
+def warmup_cosine(warmup_steps, total_steps):
+    """Learning-rate factor: linear warmup to 1, then cosine decay to 0.1."""
+    def factor(step):
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+def adamw(parameters, lr, weight_decay, device):
+    """AdamW with decay on matrices only (biases, norms and scalars are not shrunk)."""
+    parameters = [p for p in parameters if p.requires_grad]
+    groups = [{"params": [p for p in parameters if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in parameters if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=device.type == "cuda")
+
+
+def random_windows(stream, batch_size, context, generator):
+    """(B, context) inputs and the (B, context) next tokens they must predict."""
+    starts = torch.randint(len(stream) - context - 1, (batch_size,), generator=generator)
+    windows = torch.stack([stream[s:s + context + 1] for s in starts.tolist()])  # (B, context+1)
+    return windows[:, :-1], windows[:, 1:]
+
+
+@torch.no_grad()
+def held_out_loss(lm, stream, context, device, max_windows=64):
+    """Mean next-token cross-entropy over consecutive windows of a held-out stream."""
+    was_training = lm.training
+    lm.eval()
+    n = min(max_windows, (len(stream) - 1) // context)
+    inputs = stream[:n * context].view(n, context).to(device)
+    targets = stream[1:n * context + 1].view(n, context).to(device)
+    with autocast(device):
+        logits = lm.logits(lm(inputs))
+    lm.train(was_training)
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten()).item()
+
+
+def pretrain_lm(lm, train_stream, held_out_stream, cfg, device, seed):
+    """Next-token cross-entropy, AdamW, warmup + cosine decay, gradient clipping.
+
+    Returns a history with the training loss per step and the held-out loss and perplexity."""
+    lm.to(device).train()
+    optimizer = adamw(lm.parameters(), cfg.lr, cfg.weight_decay, device)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, cfg.steps))
+    generator = torch.Generator().manual_seed(seed)
+    history = {"loss": []}
+    start = time.perf_counter()
+    bar = tqdm(range(cfg.steps), desc="pretrain LM", dynamic_ncols=True)
+    for step in bar:
+        inputs, targets = random_windows(train_stream, cfg.batch_size, cfg.context, generator)
+        inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        with autocast(device):
+            logits = lm.logits(lm(inputs))                              # (B, T, V)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(lm.parameters(), cfg.grad_clip)
+        optimizer.step()
+        schedule.step()
+        if step % 20 == 0 or step == cfg.steps - 1:
+            history["loss"].append((step, loss.item()))
+            tokens_per_s = (step + 1) * cfg.batch_size * cfg.context / (time.perf_counter() - start)
+            bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tokens_per_s:,.0f}")
+    history["seconds"] = time.perf_counter() - start
+    history["tokens_per_s"] = cfg.steps * cfg.batch_size * cfg.context / history["seconds"]
+    history["held_out_loss"] = held_out_loss(lm, held_out_stream, cfg.context, device)
+    history["held_out_perplexity"] = math.exp(history["held_out_loss"])
+    return history
+
+
+def freeze(lm):
+    """Freeze the LM (§3.2 step 1). Frozen means exactly three things here:
+
+    1. every parameter has requires_grad = False, so no gradient is ever computed for it;
+    2. the module is in eval mode (no dropout or other training-only behaviour);
+    3. it is never handed to an optimizer: align() builds its optimizer from the visual embedder
+       and the temperature only, and checks that no LM parameter slipped in.
+    """
+    lm.requires_grad_(False)
+    return lm.eval()
+
+
+def tokenize_batch(tokenizer, texts, context):
+    """Texts -> (B, T) ids '<bos> text', right-padded with pad_id, and the (B, T) mask of real tokens."""
+    rows = [[tokenizer.bos_id] + tokenizer.encode(text)[:context - 1] for text in texts]
+    T = max(len(row) for row in rows)
+    ids = torch.full((len(rows), T), tokenizer.pad_id)
+    for i, row in enumerate(rows):
+        ids[i, :len(row)] = torch.tensor(row)
+    return ids, ids != tokenizer.pad_id
+
+
+@torch.no_grad()
+def text_features(lm, tokenizer, texts, device, batch_size=512):
+    """h(T; θl) of §4.1: one (C,) vector per text, the mean of the LM's states over its tokens.
+
+    Mean pooling rather than the last token's state: on the shapes world the last state mostly
+    predicts what follows the caption (a newline, a question) and carries less of the caption
+    itself (measured in the README, 'Choices made by measurement'). The <bos> state is the same
+    for every text, so it is left out. Padding sits on the right, where causal attention keeps it
+    from touching the real tokens."""
+    features = []
+    for i in range(0, len(texts), batch_size):
+        ids, mask = tokenize_batch(tokenizer, texts[i:i + batch_size], lm.context)
+        ids, mask = ids.to(device), mask.to(device)
+        mask[:, 0] = False                                              # drop <bos>
+        with autocast(device):
+            hidden = lm(ids).float()                                    # (B, T, C)
+        weights = mask.unsqueeze(-1).float()                            # (B, T, 1)
+        features.append((hidden * weights).sum(1) / weights.sum(1).clamp(min=1))  # (B, C)
+    return torch.cat(features)                                          # (M, C)
+
+
+def fit_whitening(features):
+    """A fixed linear map W and mean μ from frozen text features: t = (h - μ) W.
+
+    The pooled states of a causal LM are anisotropic (all captions share one large direction, mean
+    pairwise cosine near 1), which leaves cosine similarity little room to tell captions apart.
+    Centring and whitening spread them out. The shrinkage eps = mean eigenvalue keeps directions
+    of tiny variance (such as the leftover difference between 'red' and 'crimson') from being
+    blown up. Computed once from training captions, then constant: part of the frozen text tower."""
+    mean = features.mean(0)                                             # (C,)
+    covariance = torch.cov((features - mean).T.double())                # (C, C)
+    eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+    eps = eigenvalues.clamp(min=0).mean()
+    matrix = eigenvectors @ torch.diag((eigenvalues.clamp(min=0) + eps).rsqrt()) @ eigenvectors.T
+    return mean, matrix.float()                                         # (C,), (C, C)
+
+
+class TextTower:
+    """The frozen side of §4.1: texts -> h(T) -> fixed whitening -> (M, C) text embeddings t."""
+
+    def __init__(self, lm, tokenizer, mean, matrix, device):
+        self.lm, self.tokenizer, self.device = lm, tokenizer, device
+        self.mean, self.matrix = mean.to(device), matrix.to(device)
+
+    def __call__(self, texts):
+        features = text_features(self.lm, self.tokenizer, texts, self.device)   # (M, C)
+        return (features - self.mean) @ self.matrix                     # (M, C) @ (C, C)
+
+
+# ------------------------------------------------------------------------------------------------
+# 4. The visual embedder g(I; θv): a small CNN whose output size is the LM width (§3.2 step 2).
+# ------------------------------------------------------------------------------------------------
+
+class VisualEmbedder(nn.Module):
+    """Three conv stages, then a flatten that keeps *where* things are, then an MLP to C.
+
+    Global average pooling would throw away position, yet 'on the left' and 'above' are in the
+    captions; flattening the 4x4 grid keeps each cell's features apart. For the same reason no
+    training image is flipped: a flip swaps left and right."""
+
+    def __init__(self, image_size, width):
+        super().__init__()
+        assert image_size % 8 == 0, f"image size {image_size} must be a multiple of 8"
+        grid = image_size // 8
+        stage = lambda c_in, c_out: [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+                                     nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2)]
+        self.trunk = nn.Sequential(
+            *stage(3, 32),               # (B, 3, H, W)      -> (B, 32, H/2, W/2)
+            *stage(32, 64),              # (B, 32, H/2, W/2) -> (B, 64, H/4, W/4)
+            *stage(64, 128),             # (B, 64, H/4, W/4) -> (B, 128, H/8, W/8)
+            nn.Flatten(),                # (B, 128, H/8, W/8) -> (B, 128 * H/8 * W/8)
+            nn.Linear(128 * grid * grid, 256), nn.ReLU())               # -> (B, 256)
+        self.head = nn.Linear(256, width)                               # (B, 256) -> (B, C)
+
+    def forward(self, images):
+        """(B, 3, H, W) uint8 images -> (B, C) image embeddings v."""
+        x = images.float() / 127.5 - 1.0                                # [0, 255] -> [-1, 1]
+        return self.head(self.trunk(x))
+
+
+# ------------------------------------------------------------------------------------------------
+# 5. InfoNCE (§4.2), written by hand, and the temperature τ.
+# ------------------------------------------------------------------------------------------------
+
+class Temperature(nn.Module):
+    """τ of §4.2, in one place: stored as log τ (so it stays positive under gradient steps),
+    initial value `initial`, clamped to τ >= 0.01 so that 1/τ <= 100 (CLIP's bound)."""
+
+    MIN = 0.01
+
+    def __init__(self, initial, learn):
+        super().__init__()
+        self.log_tau = nn.Parameter(torch.tensor(math.log(initial)), requires_grad=learn)
+
+    def forward(self):
+        return self.log_tau.exp().clamp(min=self.MIN)
+
+
+def info_nce(image_emb, text_emb, temperature, symmetric=True, caption_ids=None):
+    """InfoNCE loss of §4.2 with cosine similarity.
+
+        sim(v, t) = v·t / (|v| |t|)            logits[i, j] = sim(v_i, t_j) / τ
+        L_i = -log( exp(logits[i, i]) / Σ_j exp(logits[i, j]) ),     L = mean_i L_i
+
+    The denominator is computed stably by subtracting each row's maximum m_i first:
+        log Σ_j exp(logits[i, j]) = m_i + log Σ_j exp(logits[i, j] - m_i)
+    so exp never overflows, even at τ = 0.001 in float32.
+
+    symmetric=False is §4.2 exactly (image -> text). symmetric=True averages it with the same loss
+    for text -> image (CLIP). caption_ids (B,) marks rows that share a caption: such a caption is
+    not a negative of the other's image (it describes it just as well), so those off-diagonal
+    pairs are left out of the denominators.
+    """
+    image_emb = image_emb / image_emb.norm(dim=1, keepdim=True)        # (B, C) unit vectors
+    text_emb = text_emb / text_emb.norm(dim=1, keepdim=True)           # (B, C)
+    logits = image_emb @ text_emb.T / temperature                      # (B,C) @ (C,B) -> (B, B)
+    if caption_ids is not None:
+        duplicate = caption_ids[:, None] == caption_ids[None, :]       # (B, B)
+        duplicate.fill_diagonal_(False)
+        logits = logits.masked_fill(duplicate, float("-inf"))
+
+    def image_to_text(logits):
+        row_max = logits.max(dim=1, keepdim=True).values.detach()      # (B, 1): m_i
+        log_denominator = row_max.squeeze(1) + (logits - row_max).exp().sum(dim=1).log()
+        return (log_denominator - logits.diagonal()).mean()
+
+    if not symmetric:
+        return image_to_text(logits)
+    return (image_to_text(logits) + image_to_text(logits.T)) / 2
+
+
+# ------------------------------------------------------------------------------------------------
+# 6. Alignment (§3.2 step 3): train the visual embedder against the frozen LM's text features.
+# ------------------------------------------------------------------------------------------------
+
+def align(embedder, temperature, images, caption_index, text_emb, cfg, device, seed,
+          frozen_lm=None):
+    """Train only the embedder (and a learned τ) so that g(I_i) meets t_i under InfoNCE.
+
+    images (N, 3, H, W) uint8; caption_index (N,); text_emb (M, C): the frozen tower's embedding
+    of each distinct caption, computed once before this loop, since a frozen tower's outputs are
+    constants. frozen_lm, when given, is checked to be absent from the optimizer."""
+    embedder.to(device).train()
+    temperature.to(device)
+    optimizer = adamw(list(embedder.parameters()) + list(temperature.parameters()), cfg.lr,
+                      cfg.weight_decay, device)
+    if frozen_lm is not None:
+        trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        assert not trained & {id(p) for p in frozen_lm.parameters()}, "the frozen LM is in the optimizer"
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, cfg.steps))
+    images, caption_index, text_emb = images.to(device), caption_index.to(device), text_emb.to(device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    history = {"loss": [], "temperature": []}
+    start = time.perf_counter()
+    bar = tqdm(range(cfg.steps), desc="align", dynamic_ncols=True)
+    for step in bar:
+        batch = torch.randint(len(images), (cfg.batch_size,), device=device, generator=generator)
+        captions = caption_index[batch]                                 # (B,)
+        with autocast(device):
+            image_emb = embedder(images[batch])                         # (B, C)
+        loss = info_nce(image_emb.float(), text_emb[captions], temperature(),
+                        caption_ids=captions)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if step % 20 == 0 or step == cfg.steps - 1:  # .item() waits for the device: log sparsely
+            history["loss"].append((step, loss.item()))
+            history["temperature"].append((step, temperature().item()))
+            images_per_s = (step + 1) * cfg.batch_size / (time.perf_counter() - start)
+            bar.set_postfix(loss=f"{loss.item():.3f}", tau=f"{temperature().item():.3f}",
+                            img_s=f"{images_per_s:,.0f}")
+    history["seconds"] = time.perf_counter() - start
+    history["images_per_s"] = cfg.steps * cfg.batch_size / history["seconds"]
+    embedder.eval()
+    return history
+
+
+# ------------------------------------------------------------------------------------------------
+# 7. Evaluation (§3.2 step 4): retrieval both ways and zero-shot attribute classification.
+# ------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def image_embeddings(embedder, images, device, batch_size=1024):
+    """(N, 3, H, W) uint8 -> (N, C) unit-length image embeddings."""
+    embedder.eval()
+    out = []
+    for i in range(0, len(images), batch_size):
+        with autocast(device):
+            out.append(embedder(images[i:i + batch_size].to(device)).float())
+    out = torch.cat(out)
+    return out / out.norm(dim=1, keepdim=True)
+
+
+def retrieval_metrics(similarity, caption_index, ks=(1, 5, 10)):
+    """Recall@K, mean and median rank, both ways, from an (N images, M captions) similarity.
+
+    A hit is the right caption *text*: images that share a caption all count as right answers for
+    it. Image -> text: the rank of the image's caption among the M captions. Text -> image: the rank
+    of the best-placed image of that caption among the N images. Ranks start at 1; ties are
+    resolved in the model's favour (only strictly higher scores push a right answer down)."""
+    N, M = similarity.shape
+    correct = torch.zeros(N, M, dtype=torch.bool)
+    correct[torch.arange(N), caption_index] = True
+    metrics = {}
+    for direction, scores, right in (("image_to_text", similarity, correct),
+                                     ("text_to_image", similarity.T, correct.T)):
+        best_right = scores.masked_fill(~right, float("-inf")).max(dim=1, keepdim=True).values
+        ranks = ((scores > best_right) & ~right).sum(dim=1).float() + 1  # (rows,)
+        for k in ks:
+            metrics[f"{direction}_R@{k}"] = (ranks <= k).float().mean().item()
+        metrics[f"{direction}_mean_rank"] = ranks.mean().item()
+        metrics[f"{direction}_median_rank"] = ranks.median().item()
+    return metrics
+
+
+def zeroshot_accuracy(image_emb, scenes, embed_texts):
+    """Zero-shot accuracy per attribute (colour, shape, size, position) on one-object images.
+
+    Each class is described by every one-object caption of the grammar that has its value (CLIP's
+    prompt ensembling: the mean of their unit text embeddings), and each image takes the nearest
+    class. embed_texts maps a list of captions to (M, C) text embeddings."""
+    one_object = [i for i, scene in enumerate(scenes) if len(scene.objects) == 1]
+    all_scenes = [Scene(((c, s),), size, where) for c in COLOURS for s in SHAPES
+                  for size in SIZES for where in POSITIONS]
+    prompts = embed_texts([caption(scene) for scene in all_scenes])    # (350, C)
+    prompts = prompts / prompts.norm(dim=1, keepdim=True)
+    attribute = {"colour": lambda sc: sc.objects[0][0], "shape": lambda sc: sc.objects[0][1],
+                 "size": lambda sc: sc.size, "position": lambda sc: sc.where}
+    metrics = {}
+    for name, value_of in attribute.items():
+        values = sorted({value_of(scene) for scene in all_scenes})
+        classes = torch.stack([prompts[[value_of(sc) == v for sc in all_scenes]].mean(0)
+                               for v in values])                       # (classes, C)
+        classes = classes / classes.norm(dim=1, keepdim=True)
+        predicted = (image_emb[one_object] @ classes.T).argmax(dim=1)
+        truth = torch.tensor([values.index(value_of(scenes[i])) for i in one_object])
+        metrics[f"zeroshot_{name}_acc"] = (predicted.cpu() == truth).float().mean().item()
+    return metrics
+
+
+# ------------------------------------------------------------------------------------------------
+# 8. Checkpoints: plain data and tensors only, so loading never runs pickled code.
+# ------------------------------------------------------------------------------------------------
+
+CHECKPOINT_FORMAT = "minivlp-1"
+
+
+def save_checkpoint(checkpoint, path):
+    """Write atomically: a temporary file, then a rename, so a crash never leaves half a file."""
+    temporary = f"{path}.tmp"
+    torch.save({"format": CHECKPOINT_FORMAT, **checkpoint}, temporary)
+    os.replace(temporary, path)
+
+
+def load_checkpoint(path):
+    """Read a checkpoint with weights_only=True (tensors and plain data; no code is executed)."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such checkpoint") from None
+    except Exception as error:  # pickled objects, truncated or foreign files
+        raise ValueError(f"{path}: not a minivlp checkpoint loadable with weights_only=True "
+                         f"({type(error).__name__})") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint")
+    return checkpoint
+
+
+def save_json(data, path):
+    """Write JSON atomically, like save_checkpoint."""
+    temporary = f"{path}.tmp"
+    with open(temporary, "w", encoding="utf-8") as file:
+        json.dump(data, file, indent=2)
+    os.replace(temporary, path)

@@ -1,0 +1,135 @@
+"""The language model: attention against torch's own, causality, the prefix path, freezing,
+pooling, whitening and checkpoints."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from minivlp import (CausalSelfAttention, LMConfig, LanguageModel, fit_whitening, freeze,
+                     load_checkpoint, save_checkpoint, text_features)
+from tokenizer import Tokenizer
+
+TINY = LMConfig(vocab_size=300, context=16, width=32, depth=2, heads=4)
+
+
+def tiny_lm(seed=0):
+    torch.manual_seed(seed)
+    return LanguageModel(TINY)
+
+
+def test_attention_matches_scaled_dot_product_attention():
+    torch.manual_seed(0)
+    attention = CausalSelfAttention(width=32, heads=4, context=16)
+    x = torch.randn(3, 11, 32)
+    B, T, C = x.shape
+    q, k, v = attention.qkv(x).split(C, dim=2)
+    q, k, v = (z.view(B, T, 4, 8).transpose(1, 2) for z in (q, k, v))
+    reference = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    reference = attention.proj(reference.transpose(1, 2).reshape(B, T, C))
+    torch.testing.assert_close(attention(x), reference, rtol=1e-5, atol=1e-6)
+
+
+def test_editing_a_later_token_leaves_earlier_outputs_unchanged():
+    lm = tiny_lm().eval()
+    ids = torch.randint(0, TINY.vocab_size, (2, 12))
+    edited = ids.clone()
+    edited[:, 7] = (edited[:, 7] + 1) % TINY.vocab_size
+    before, after = lm(ids), lm(edited)
+    assert torch.equal(before[:, :7], after[:, :7])
+    assert not torch.allclose(before[:, 7:], after[:, 7:])
+
+
+def test_head_is_tied_to_the_token_embedding():
+    lm = tiny_lm()
+    hidden = torch.randn(2, 5, TINY.width)
+    reference = F.linear(hidden, lm.token_emb.weight)
+    torch.testing.assert_close(lm.logits(hidden), reference)
+    assert lm.logits(hidden).shape == (2, 5, TINY.vocab_size)
+
+
+def test_empty_prefix_equals_the_plain_forward():
+    lm = tiny_lm().eval()
+    ids = torch.randint(0, TINY.vocab_size, (2, 9))
+    no_prefix = torch.zeros(2, 0, TINY.width)
+    assert torch.equal(lm(ids), lm(ids, prefix=no_prefix))
+
+
+def test_prefix_occupies_the_first_positions():
+    lm = tiny_lm().eval()
+    ids = torch.randint(0, TINY.vocab_size, (2, 5))
+    prefix = torch.randn(2, 3, TINY.width)
+    hidden = lm(ids, prefix=prefix)
+    assert hidden.shape == (2, 8, TINY.width)
+    # the prefix positions see only the prefix (causality), so changing tokens leaves them alone
+    other = lm((ids + 1) % TINY.vocab_size, prefix=prefix)
+    assert torch.equal(hidden[:, :3], other[:, :3])
+
+
+def test_frozen_lm_is_bit_identical_after_an_optimizer_step_through_it():
+    lm = freeze(tiny_lm())
+    before = {name: p.clone() for name, p in lm.state_dict().items()}
+    prefix = torch.randn(2, 3, TINY.width, requires_grad=True)  # trained, upstream of the LM
+    trainable = [p for p in lm.parameters() if p.requires_grad] + [prefix]
+    optimizer = torch.optim.AdamW(trainable, lr=0.1, weight_decay=0.1)
+    ids = torch.randint(0, TINY.vocab_size, (2, 6))
+    # positions 2 .. K+T-2 predict the T tokens: the loss reaches the prefix only through the LM
+    loss = F.cross_entropy(lm.logits(lm(ids, prefix=prefix))[:, 2:-1].flatten(0, 1), ids.flatten())
+    loss.backward()
+    optimizer.step()
+    assert prefix.grad is not None and prefix.grad.abs().sum() > 0
+    assert not lm.training
+    assert all(p.grad is None and not p.requires_grad for p in lm.parameters())
+    for name, tensor in lm.state_dict().items():
+        assert torch.equal(tensor, before[name]), name
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return Tokenizer.train("a small red circle on the left\na big blue square\n" * 20, 280)
+
+
+def test_text_features_do_not_depend_on_padding_or_batch(tokenizer):
+    lm = freeze(tiny_lm())
+    texts = ["a small red circle on the left", "a big blue square", "a"]
+    batched = text_features(lm, tokenizer, texts, torch.device("cpu"))
+    alone = torch.cat([text_features(lm, tokenizer, [text], torch.device("cpu")) for text in texts])
+    torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-5)
+    # the reference: mean over the token states, <bos> left out
+    ids = torch.tensor([[tokenizer.bos_id] + tokenizer.encode(texts[1])])
+    torch.testing.assert_close(alone[1], lm(ids)[0, 1:].mean(0), rtol=1e-5, atol=1e-5)
+
+
+def test_whitening_spectrum_matches_a_float64_reference():
+    torch.manual_seed(0)
+    features = torch.randn(500, 8) @ torch.randn(8, 8) + 3.0           # anisotropic, off-centre
+    mean, matrix = fit_whitening(features)
+    whitened = (features - mean) @ matrix
+    eigenvalues = torch.linalg.eigvalsh(torch.cov(features.double().T))
+    eps = eigenvalues.mean()
+    expected = (eigenvalues / (eigenvalues + eps)).sort().values      # shrunk whitening spectrum
+    got = torch.linalg.eigvalsh(torch.cov(whitened.double().T)).sort().values
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    assert whitened.mean(0).abs().max() < 1e-4
+
+
+def test_checkpoint_round_trip_gives_the_same_model(tmp_path, tokenizer):
+    lm = tiny_lm()
+    path = tmp_path / "lm.pt"
+    save_checkpoint({"lm": lm.state_dict(), "tokenizer": tokenizer.to_dict()}, path)
+    checkpoint = load_checkpoint(path)
+    copy = LanguageModel(TINY)
+    copy.load_state_dict(checkpoint["lm"])
+    ids = torch.randint(0, TINY.vocab_size, (2, 7))
+    assert torch.equal(lm.eval()(ids), copy.eval()(ids))
+    restored = Tokenizer.from_dict(checkpoint["tokenizer"])
+    assert restored.encode("a red circle") == tokenizer.encode("a red circle")
+    assert not (tmp_path / "lm.pt.tmp").exists()
+
+
+def test_checkpoint_with_a_pickled_object_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "minivlp-1", "payload": math.exp}, path)   # a function: needs pickle
+    with pytest.raises(ValueError, match="weights_only"):
+        load_checkpoint(path)

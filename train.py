@@ -1,0 +1,151 @@
+"""Train minivlp end to end: tokenizer and LM pretraining, freezing, alignment, evaluation.
+
+    python train.py                        # every stage on the built-in shapes world
+    python train.py --stage lm             # only the tokenizer and the LM (writes OUT/lm.pt)
+    python train.py --text-tower random    # the LM frozen at random initialisation, to compare
+
+Writes OUT/lm.pt, OUT/minivlp.pt (everything eval.py needs), OUT/config.json, OUT/metrics.json.
+"""
+
+import argparse
+import sys
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import torch
+
+from eval import evaluate, format_table
+from minivlp import (AlignConfig, LMConfig, LanguageModel, Temperature, TextTower, VisualEmbedder,
+                     WorldConfig, align, describe_device, encode_corpus, fit_whitening, freeze,
+                     held_out_loss, make_corpus, make_world, pretrain_lm, save_checkpoint,
+                     save_json, text_features)
+from tokenizer import Tokenizer
+
+# Each config dataclass becomes a group of flags; LM fields carry the prefix --lm- so that
+# --lm-steps (pretraining) and --steps (alignment) cannot be confused.
+CONFIGS = {"world": (WorldConfig, ""), "lm": (LMConfig, "lm-"), "align": (AlignConfig, "")}
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        """A bad flag is one line on stderr and exit status 2, without the usage dump."""
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def non_negative(kind):
+    def parse(text):
+        value = kind(text)  # a ValueError here becomes argparse's 'invalid value' message
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"expected a value >= 0, got {text}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def build_parser():
+    parser = Parser(prog="train.py", description=__doc__.split("\n")[0])
+    parser.add_argument("--stage", choices=["all", "lm"], default="all",
+                        help="all: every stage; lm: tokenizer and LM only (default: %(default)s)")
+    parser.add_argument("--text-tower", choices=["locked", "random"], default="locked",
+                        help="locked: pretrained, then frozen (the method); random: frozen at "
+                             "random initialisation (default: %(default)s)")
+    parser.add_argument("--out", default="out", help="output folder (default: %(default)s)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="auto picks CUDA when present (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    for group, (config_class, prefix) in CONFIGS.items():
+        flags = parser.add_argument_group(config_class.__name__)
+        for field in fields(config_class):
+            flag, dest = "--" + prefix + field.name.replace("_", "-"), f"{group}.{field.name}"
+            if isinstance(field.default, bool):
+                flags.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction,
+                                   default=field.default, help="(default: %(default)s)")
+            else:
+                flags.add_argument(flag, dest=dest, type=non_negative(type(field.default)),
+                                   default=field.default, help="(default: %(default)s)")
+    return parser
+
+
+def parse_configs(argv):
+    args = build_parser().parse_args(argv)
+    configs = {group: config_class(**{f.name: getattr(args, f"{group}.{f.name}")
+                                      for f in fields(config_class)})
+               for group, (config_class, _) in CONFIGS.items()}
+    return args, configs
+
+
+def pretrain_stage(lm_cfg, world_cfg, text_tower, device, seed):
+    """§3.2 step 1: tokenizer and LM on the text-only corpus, then freeze the LM."""
+    corpus = make_corpus(world_cfg.corpus_documents, seed)
+    tokenizer = Tokenizer.train("\n".join(corpus), lm_cfg.vocab_size)
+    held_out = max(1, len(corpus) // 20)  # 5% of documents for held-out loss and perplexity
+    train_stream = encode_corpus(tokenizer, corpus[held_out:])
+    held_out_stream = encode_corpus(tokenizer, corpus[:held_out])
+    torch.manual_seed(seed)
+    lm = LanguageModel(lm_cfg).to(device)
+    if text_tower == "locked":
+        history = pretrain_lm(lm, train_stream, held_out_stream, lm_cfg, device, seed)
+        print(f"LM: {lm_cfg.steps} steps in {history['seconds']:.1f} s, "
+              f"{history['tokens_per_s']:,.0f} tokens/s, held-out loss {history['held_out_loss']:.3f} "
+              f"(perplexity {history['held_out_perplexity']:.2f})")
+    else:
+        history = {"held_out_loss": held_out_loss(lm, held_out_stream, lm_cfg.context, device)}
+        print(f"LM left at random initialisation: held-out loss {history['held_out_loss']:.3f}")
+    return tokenizer, freeze(lm), history
+
+
+def align_stage(tokenizer, lm, world_cfg, lm_cfg, align_cfg, device, seed):
+    """§3.2 steps 2-3: the frozen tower's text embeddings, then InfoNCE training of the embedder."""
+    world = make_world(world_cfg, seed)
+    train = world["train"]
+    mean, matrix = fit_whitening(text_features(lm, tokenizer, train.captions, device))
+    tower = TextTower(lm, tokenizer, mean, matrix, device)
+    text_emb = tower(train.captions)                                    # (M, C), computed once
+    torch.manual_seed(seed)
+    embedder = VisualEmbedder(world_cfg.image_size, lm_cfg.width)
+    temperature = Temperature(align_cfg.temperature, align_cfg.learn_temperature)
+    history = align(embedder, temperature, train.images, train.caption_index, text_emb, align_cfg,
+                    device, seed, frozen_lm=lm)
+    print(f"alignment: {align_cfg.steps} steps in {history['seconds']:.1f} s, "
+          f"{history['images_per_s']:,.0f} images/s, final τ {temperature().item():.4f}")
+    return world, tower, embedder, temperature, history
+
+
+def main(argv=None):
+    args, configs = parse_configs(argv)
+    world_cfg, lm_cfg, align_cfg = configs["world"], configs["lm"], configs["align"]
+    device = describe_device(args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    run_config = {"seed": args.seed, "text_tower": args.text_tower, "device": str(device),
+                  **{group: asdict(config) for group, config in configs.items()}}
+    print("config:", run_config)
+    save_json(run_config, out / "config.json")
+
+    tokenizer, lm, lm_history = pretrain_stage(lm_cfg, world_cfg, args.text_tower, device, args.seed)
+    checkpoint = {"config": run_config, "tokenizer": tokenizer.to_dict(), "lm": lm.state_dict(),
+                  "history": {"lm": lm_history}}
+    save_checkpoint(checkpoint, out / "lm.pt")
+    if args.stage == "lm":
+        print(f"wrote {out / 'lm.pt'}")
+        return
+
+    world, tower, embedder, temperature, align_history = align_stage(
+        tokenizer, lm, world_cfg, lm_cfg, align_cfg, device, args.seed)
+    checkpoint.update(embedder=embedder.state_dict(), temperature=temperature().item(),
+                      whitening_mean=tower.mean.cpu(), whitening_matrix=tower.matrix.cpu(),
+                      history={"lm": lm_history, "align": align_history})
+    save_checkpoint(checkpoint, out / "minivlp.pt")
+
+    metrics = evaluate(embedder, tower, {name: world[name] for name in world if name != "train"},
+                       device)
+    save_json(metrics, out / "metrics.json")
+    print(format_table(metrics))
+    print(f"wrote {out / 'minivlp.pt'}, {out / 'metrics.json'}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, OSError) as error:
+        sys.exit(f"train.py: error: {error}")
