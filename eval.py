@@ -14,6 +14,12 @@ from minivlp import (LMConfig, TextTower, VisualEmbedder, WorldConfig, LanguageM
 from tokenizer import Tokenizer
 
 
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        """A bad flag is one line on stderr and exit status 2, without the usage dump."""
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def evaluate(embedder, tower, splits, device):
     """{split name: metrics} for every split: retrieval over its distinct captions, zero-shot."""
     results = {}
@@ -59,7 +65,7 @@ def load_models(checkpoint, device):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="eval.py", description=__doc__.split("\n")[0])
+    parser = Parser(prog="eval.py", description=__doc__.split("\n")[0])
     parser.add_argument("--ckpt", required=True, help="a checkpoint written by train.py")
     parser.add_argument("--json", help="where to write the metrics (default: none)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -80,4 +86,5 @@ if __name__ == "__main__":
     try:
         main()
     except (ValueError, OSError) as error:
-        sys.exit(f"eval.py: error: {error}")
+        print(f"eval.py: error: {error}", file=sys.stderr)
+        sys.exit(2)

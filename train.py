@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from eval import evaluate, format_table
+from eval import Parser, evaluate, format_table
 from minivlp import (AlignConfig, LMConfig, LanguageModel, Temperature, TextTower, VisualEmbedder,
                      WorldConfig, align, describe_device, encode_corpus, fit_whitening, freeze,
                      held_out_loss, make_corpus, make_world, pretrain_lm, save_checkpoint,
@@ -24,12 +24,6 @@ from tokenizer import Tokenizer
 # Each config dataclass becomes a group of flags; LM fields carry the prefix --lm- so that
 # --lm-steps (pretraining) and --steps (alignment) cannot be confused.
 CONFIGS = {"world": (WorldConfig, ""), "lm": (LMConfig, "lm-"), "align": (AlignConfig, "")}
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):
-        """A bad flag is one line on stderr and exit status 2, without the usage dump."""
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def non_negative(kind):
@@ -148,4 +142,5 @@ if __name__ == "__main__":
     try:
         main()
     except (ValueError, OSError) as error:
-        sys.exit(f"train.py: error: {error}")
+        print(f"train.py: error: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -96,9 +96,13 @@ def test_text_features_do_not_depend_on_padding_or_batch(tokenizer):
     batched = text_features(lm, tokenizer, texts, torch.device("cpu"))
     alone = torch.cat([text_features(lm, tokenizer, [text], torch.device("cpu")) for text in texts])
     torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-5)
-    # the reference: mean over the token states, <bos> left out
-    ids = torch.tensor([[tokenizer.bos_id] + tokenizer.encode(texts[1])])
-    torch.testing.assert_close(alone[1], lm(ids)[0, 1:].mean(0), rtol=1e-5, atol=1e-5)
+    # the reference: the LM reads '<bos> T \n T'; the mean of its states over the second T
+    text = tokenizer.encode(texts[1])
+    newline = tokenizer.encode("\n")
+    ids = torch.tensor([[tokenizer.bos_id] + text + newline + text])
+    second_reading = lm(ids)[0, 1 + len(text) + len(newline):]
+    assert len(second_reading) == len(text)
+    torch.testing.assert_close(alone[1], second_reading.mean(0), rtol=1e-5, atol=1e-5)
 
 
 def test_whitening_spectrum_matches_a_float64_reference():

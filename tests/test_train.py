@@ -1,0 +1,89 @@
+"""End to end at toy size: train.py then eval.py, the frozen LM untouched, and the command line's
+errors (one line, exit status 2, no traceback)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import eval as evaluation
+import train
+from minivlp import load_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_RUN = ["--train-images", "1500", "--eval-images", "150", "--corpus-documents", "600",
+            "--lm-vocab-size", "300", "--lm-width", "64", "--lm-depth", "2", "--lm-steps", "40",
+            "--lm-warmup-steps", "5", "--steps", "80", "--warmup-steps", "5", "--batch-size", "128",
+            "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    train.main(TINY_RUN + ["--out", str(out)])
+    return out
+
+
+def test_tiny_run_beats_chance(tiny_run):
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert set(metrics) == {"test", "compositional", "paraphrase"}
+    test = metrics["test"]
+    chance_at_5 = 5 / test["captions"]                                 # ~0.05 for ~100 captions
+    assert test["image_to_text_R@5"] > 4 * chance_at_5
+    assert test["text_to_image_R@5"] > 4 * chance_at_5
+    assert test["zeroshot_position_acc"] > 2 / 5                        # 5 positions: chance 1/5
+
+
+def test_alignment_leaves_the_frozen_lm_bit_identical(tiny_run):
+    before = load_checkpoint(tiny_run / "lm.pt")["lm"]                # written before alignment
+    after = load_checkpoint(tiny_run / "minivlp.pt")["lm"]
+    assert before.keys() == after.keys()
+    for name in before:
+        assert torch.equal(before[name], after[name]), name
+
+
+def test_eval_reproduces_the_metrics_written_by_train(tiny_run, tmp_path):
+    evaluation.main(["--ckpt", str(tiny_run / "minivlp.pt"), "--json", str(tmp_path / "m.json"),
+                     "--device", "cpu"])
+    again = json.loads((tmp_path / "m.json").read_text())
+    written = json.loads((tiny_run / "metrics.json").read_text())
+    for split in written:
+        for key, value in written[split].items():
+            assert again[split][key] == pytest.approx(value, abs=1e-6), (split, key)
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.parametrize("args, culprit", [
+    (["train.py", "--no-such-flag"], "--no-such-flag"),
+    (["train.py", "--steps", "-1"], "--steps"),
+    (["train.py", "--lr", "fast"], "--lr"),
+    (["train.py", "--text-tower", "unlocked"], "--text-tower"),
+    (["eval.py", "--ckpt", "no/such/file.pt"], "no/such/file.pt"),
+])
+def test_bad_input_is_one_line_with_exit_status_2(args, culprit):
+    result = run_cli(*args)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and culprit in result.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda_is_a_clear_error(tmp_path):
+    result = run_cli("train.py", "--device", "cuda", "--out", str(tmp_path / "out"))
+    assert result.returncode == 2 and "--device cuda" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()                              # nothing was started
+
+
+def test_a_pickled_checkpoint_is_refused_by_eval(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "minivlp-1", "payload": print}, path)
+    result = run_cli("eval.py", "--ckpt", str(path))
+    assert result.returncode == 2 and "weights_only" in result.stderr
