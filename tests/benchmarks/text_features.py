@@ -76,11 +76,11 @@ def main():
     trained_lm = LanguageModel(lm_cfg)
     trained_lm.load_state_dict(checkpoint["lm"])
     freeze(trained_lm)
-    print(f"{'LM':<10}{'pooling':<10}{'synonym->plain R@1':>20}{'nearest-caption cos':>22}")
+    print(f"{'LM':<12}{'pooling':<10}{'synonym->plain R@1':>20}{'nearest-caption cos':>22}")
     for name, lm in (("checkpoint", trained_lm), ("random", random_lm)):
         for pooling in ("mean", "last", "re-read"):
             r1, nearest = measure(lm, tokenizer, train.captions, test.scenes, pooling)
-            print(f"{name:<10}{pooling:<10}{r1:>20.3f}{nearest:>22.3f}")
+            print(f"{name:<12}{pooling:<10}{r1:>20.3f}{nearest:>22.3f}")
 
 
 if __name__ == "__main__":
