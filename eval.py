@@ -1,16 +1,26 @@
-"""Evaluate a trained minivlp checkpoint (§3.2 step 4): retrieval both ways and zero-shot accuracy.
+"""Evaluate a trained minivlp checkpoint (§3.2 step 4, §3.4).
 
-    python eval.py --ckpt out/minivlp.pt [--json metrics.json] [--device auto|cpu|cuda]
+    python eval.py --ckpt out/minivlp.pt [--json metrics.json]      # every metric, every split
+    python eval.py --ckpt out/minivlp.pt --caption IMAGE.png         # describe an image
+    python eval.py --ckpt out/minivlp.pt --ask IMAGE.png "what colour is the circle?"
 
-Prints one row per split and writes the metrics as JSON (open_clip's metric names).
+Retrieval both ways and zero-shot accuracy (contrastive head); captioning and visual question
+answering through the frozen LM (prefix head), with the same LM answering blind as the baseline.
 """
 
 import argparse
+import math
 import sys
+from collections import Counter
 
-from minivlp import (LMConfig, TextTower, VisualEmbedder, WorldConfig, LanguageModel,
-                     describe_device, freeze, image_embeddings, load_checkpoint, make_eval_splits,
-                     retrieval_metrics, save_json, zeroshot_accuracy)
+import numpy as np
+import torch
+
+from minivlp import (SYNONYMS, LanguageModel, LMConfig, TextTower, VisualEmbedder,
+                     WorldConfig, all_scenes, caption, describe_device, freeze, generate,
+                     image_context, image_embeddings, load_checkpoint, load_image,
+                     make_eval_splits, make_split, questions, retrieval_metrics, save_json,
+                     zeroshot_accuracy)
 from tokenizer import Tokenizer
 
 
@@ -20,34 +30,216 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def evaluate(embedder, tower, splits, device):
-    """{split name: metrics} for every split: retrieval over its distinct captions, zero-shot."""
+# ------------------------------------------------------------------------------------------------
+# Generated text: cut it, parse it with the grammar, score it.
+# ------------------------------------------------------------------------------------------------
+
+PLAIN_WORD = {synonym: word for word, synonym in SYNONYMS.items()}
+SCENE_OF_CAPTION = {caption(scene): scene for scene in all_scenes()}
+
+
+def first_line(tokenizer, ids):
+    """Generated ids -> their text up to the first newline or special token."""
+    specials = {tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id}
+    cut = next((k for k, i in enumerate(ids) if i in specials), len(ids))
+    return tokenizer.decode(ids[:cut]).split("\n")[0].strip()
+
+
+def parse_caption(text):
+    """A caption in plain or synonym wording -> its Scene, or None if the grammar can't make it."""
+    return SCENE_OF_CAPTION.get(" ".join(PLAIN_WORD.get(word, word) for word in text.split(" ")))
+
+
+def attributes(scene):
+    """What a caption must get right: colours and shapes, then size and position or relation."""
+    named = {"colour": tuple(c for c, _ in scene.objects), "shape": tuple(s for _, s in scene.objects)}
+    if len(scene.objects) == 1:
+        return {**named, "size": scene.size, "position": scene.where}
+    return {**named, "relation": scene.where}
+
+
+def bleu4(candidates, references):
+    """Corpus-level BLEU-4 (Papineni et al. 2002) with one reference per candidate.
+
+        BLEU = BP * exp( (1/4) Σ_n log p_n ),  p_n = clipped n-gram matches / candidate n-grams
+        BP = 1 if c > r else exp(1 - r / c),     c, r = total candidate and reference lengths
+    Counts are summed over the corpus before dividing (not averaged sentence by sentence)."""
+    matches, totals, c, r = [0] * 4, [0] * 4, 0, 0
+    for candidate, reference in zip(candidates, references):
+        candidate, reference = candidate.split(), reference.split()
+        c, r = c + len(candidate), r + len(reference)
+        for n in range(1, 5):
+            candidate_ngrams = Counter(tuple(candidate[i:i + n]) for i in range(len(candidate) - n + 1))
+            reference_ngrams = Counter(tuple(reference[i:i + n]) for i in range(len(reference) - n + 1))
+            matches[n - 1] += sum(min(k, reference_ngrams[g]) for g, k in candidate_ngrams.items())
+            totals[n - 1] += max(0, len(candidate) - n + 1)
+    if min(matches) == 0:
+        return 0.0
+    brevity = 1.0 if c > r else math.exp(1 - r / c)
+    return brevity * math.exp(sum(math.log(m / t) for m, t in zip(matches, totals)) / 4)
+
+
+# ------------------------------------------------------------------------------------------------
+# Captioning and question answering through the frozen LM.
+# ------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def image_prefixes(embedder, images, device, batch_size=1024):
+    """(N, 3, H, W) uint8 -> (N, K, C) visual prefixes."""
+    return torch.cat([embedder(images[i:i + batch_size].to(device))[1].float()
+                      for i in range(0, len(images), batch_size)])
+
+
+def describe(tower, prefixes, sample_temperature=0.0, seed=0, batch_size=500):
+    """(N, K, C) prefixes -> N captions: '<bos> [image] \\n' continued until the newline."""
+    lm, tokenizer = tower.lm, tower.tokenizer
+    newline = torch.tensor(tokenizer.encode("\n"), device=prefixes.device)
+    generator = torch.Generator(device=prefixes.device).manual_seed(seed)
+    texts = []
+    for i in range(0, len(prefixes), batch_size):
+        context = image_context(lm, tokenizer, prefixes[i:i + batch_size])     # (B, 1 + K, C)
+        prompt = newline.expand(len(context), -1)                              # (B, 1)
+        new = generate(lm, context, prompt, 24, sample_temperature, generator)
+        texts += [first_line(tokenizer, row.tolist()) for row in new]
+    return texts
+
+
+def answer(tower, contexts, question_texts, batch_size=500):
+    """Answer each question after its (P, C) context: '<context> \\n q: QUESTION a:' -> word.
+
+    contexts: a list of (P, C) tensors. Prompts are batched by context and prompt length so that
+    no row needs padding in front."""
+    lm, tokenizer = tower.lm, tower.tokenizer
+    prompts = [tokenizer.encode(f"\nq: {question} a:") for question in question_texts]
+    answers = [None] * len(prompts)
+    by_length = {}
+    for i, prompt in enumerate(prompts):
+        by_length.setdefault((len(contexts[i]), len(prompt)), []).append(i)
+    for rows in by_length.values():
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start:start + batch_size]
+            context = torch.stack([contexts[i] for i in chunk])                # (B, P, C)
+            prompt = torch.tensor([prompts[i] for i in chunk], device=context.device)
+            new = generate(lm, context, prompt, 3)
+            for i, row in zip(chunk, new.tolist()):
+                answers[i] = first_line(tokenizer, row)
+    return answers
+
+
+def solved_examples(tower, support_prefixes, support_scenes, kind, shots, rng):
+    """(P, C) embeddings of `shots` solved examples of one question kind, each its own document:
+    '<bos> [image] \\n q: QUESTION a: ANSWER <eos>' (the few-shot prompt of Frozen)."""
+    lm, tokenizer = tower.lm, tower.tokenizer
+    pieces = []
+    while len(pieces) < shots:
+        i = int(rng.integers(len(support_scenes)))
+        matching = [(q, a) for q, a, k in questions(support_scenes[i], rng) if k == kind]
+        if matching:
+            q, a = matching[0]
+            ids = torch.tensor(tokenizer.encode(f"\nq: {q} a: {a}") + [tokenizer.eos_id],
+                               device=support_prefixes.device)
+            pieces.append(torch.cat([image_context(lm, tokenizer, support_prefixes[i:i + 1])[0],
+                                     lm.token_emb(ids)]))                  # (1 + K + L, C)
+    return torch.cat(pieces)
+
+
+@torch.no_grad()
+def prefix_metrics(tower, embedder, split, support, device, shots=2, seed=0):
+    """Captioning (exact match, per-attribute accuracy, BLEU-4) and VQA accuracy per question kind:
+    with the image (zero-shot: the prefix never saw a question), blind (no image), and few-shot
+    (`shots` solved examples of the same kind of question first)."""
+    lm, tokenizer = tower.lm, tower.tokenizer
+    prefixes = image_prefixes(embedder, split.images, device)                  # (N, K, C)
+    generated = describe(tower, prefixes)
+    parsed = [parse_caption(text) for text in generated]
+    metrics = {"caption_exact_match": float(np.mean([p == s for p, s in zip(parsed, split.scenes)])),
+               "caption_bleu4": bleu4(generated, [caption(scene) for scene in split.scenes]),
+               "caption_samples": generated[:5]}
+    for name in ("colour", "shape", "size", "position", "relation"):
+        scored = [p is not None and attributes(p).get(name) == attributes(s)[name]
+                  for p, s in zip(parsed, split.scenes) if name in attributes(s)]
+        metrics[f"caption_acc_{name}"] = float(np.mean(scored))
+
+    rng = np.random.default_rng(seed)
+    asked = [(i, q, a, kind) for i, scene in enumerate(split.scenes)
+             for q, a, kind in questions(scene, rng)]
+    with_image = image_context(lm, tokenizer, prefixes)                        # (N, 1 + K, C)
+    blind = image_context(lm, tokenizer, prefixes[:1, :0])[0]                  # (1, C): <bos> only
+    support_prefixes = image_prefixes(embedder, support.images, device)
+    examples = {kind: solved_examples(tower, support_prefixes, support.scenes, kind, shots, rng)
+                for kind in {kind for *_, kind in asked}}
+    settings = {"vqa_acc": [with_image[i] for i, *_ in asked],
+                "vqa_blind_acc": [blind] * len(asked),
+                "vqa_fewshot_acc": [torch.cat([examples[kind], with_image[i]])
+                                    for i, _, _, kind in asked]}
+    for setting, contexts in settings.items():
+        answers = answer(tower, contexts, [q for _, q, _, _ in asked])
+        for kind in sorted({kind for *_, kind in asked}):
+            right = [given == a for given, (_, _, a, k) in zip(answers, asked) if k == kind]
+            metrics[f"{setting}_{kind}"] = float(np.mean(right))
+    return metrics
+
+
+# ------------------------------------------------------------------------------------------------
+# Every metric of every split, and the tables.
+# ------------------------------------------------------------------------------------------------
+
+def evaluate(embedder, tower, splits, support, device, objective):
+    """{split name: metrics}: retrieval and zero-shot for the contrastive head, captioning and VQA
+    for the prefix head (not on `paraphrase`: it holds the `test` images, so they'd repeat)."""
     results = {}
     for name, split in splits.items():
-        image_emb = image_embeddings(embedder, split.images, device).cpu()     # (N, C) unit
-        text_emb = tower(split.captions).cpu()                                 # (M, C)
-        text_emb = text_emb / text_emb.norm(dim=1, keepdim=True)
-        metrics = retrieval_metrics(image_emb @ text_emb.T, split.caption_index)  # (N,C)@(C,M)
-        metrics.update(zeroshot_accuracy(image_emb, split.scenes,
-                                         lambda texts: tower(texts).cpu()))
-        metrics.update(images=len(split.images), captions=len(split.captions))
+        metrics = {"images": len(split.images), "captions": len(split.captions)}
+        if objective != "prefix":
+            image_emb = image_embeddings(embedder, split.images, device).cpu()  # (N, C) unit
+            text_emb = tower(split.captions).cpu()                              # (M, C)
+            text_emb = text_emb / text_emb.norm(dim=1, keepdim=True)
+            metrics.update(retrieval_metrics(image_emb @ text_emb.T, split.caption_index))
+            metrics.update(zeroshot_accuracy(image_emb, split.scenes, lambda t: tower(t).cpu()))
+        if objective != "contrastive" and name != "paraphrase":
+            metrics.update(prefix_metrics(tower, embedder, split, support, device))
         results[name] = metrics
     return results
 
 
-COLUMNS = [("i→t R@1", "image_to_text_R@1"), ("i→t R@5", "image_to_text_R@5"),
-           ("t→i R@1", "text_to_image_R@1"), ("t→i R@5", "text_to_image_R@5"),
-           ("zs colour", "zeroshot_colour_acc"), ("zs shape", "zeroshot_shape_acc"),
-           ("zs size", "zeroshot_size_acc"), ("zs position", "zeroshot_position_acc")]
+RETRIEVAL_COLUMNS = [("i→t R@1", "image_to_text_R@1"), ("i→t R@5", "image_to_text_R@5"),
+                     ("t→i R@1", "text_to_image_R@1"), ("t→i R@5", "text_to_image_R@5"),
+                     ("zs colour", "zeroshot_colour_acc"), ("zs shape", "zeroshot_shape_acc"),
+                     ("zs size", "zeroshot_size_acc"), ("zs position", "zeroshot_position_acc")]
+CAPTION_COLUMNS = [("exact", "caption_exact_match"), ("BLEU-4", "caption_bleu4"),
+                   ("colour", "caption_acc_colour"), ("shape", "caption_acc_shape"),
+                   ("size", "caption_acc_size"), ("position", "caption_acc_position"),
+                   ("relation", "caption_acc_relation")]
+VQA_KINDS = ["colour", "shape", "count", "position", "exists"]
+
+
+def table(title, columns, rows):
+    """rows: [(label, {key: value})] -> a plain-text table of the columns present."""
+    columns = [(name, key) for name, key in columns if any(key in values for _, values in rows)]
+    rows = [(label, values) for label, values in rows if all(key in values for _, key in columns)]
+    if not columns or not rows:
+        return ""
+    lines = [f"{title:<24}" + "".join(f"{name:>12}" for name, _ in columns)]
+    lines += [f"{label:<24}" + "".join(f"{values[key]:>12.3f}" for _, key in columns)
+              for label, values in rows]
+    return "\n".join(lines) + "\n"
 
 
 def format_table(results):
-    """A plain-text table, one row per split."""
-    header = f"{'split':<14}{'captions':>9}" + "".join(f"{title:>12}" for title, _ in COLUMNS)
-    rows = [f"{name:<14}{metrics['captions']:>9}" + "".join(f"{metrics[key]:>12.3f}" for _, key in COLUMNS)
-            for name, metrics in results.items()]
-    return "\n".join([header, *rows])
+    """Retrieval, captioning and VQA tables, one row per split (VQA: one per setting)."""
+    text = table("retrieval / zero-shot", RETRIEVAL_COLUMNS, list(results.items()))
+    text += table("captioning", CAPTION_COLUMNS, list(results.items()))
+    settings = {"with image": "vqa_acc", "blind": "vqa_blind_acc", "2-shot": "vqa_fewshot_acc"}
+    vqa_rows = [(f"{name} {setting}", {kind: metrics[f"{prefix}_{kind}"] for kind in VQA_KINDS})
+                for name, metrics in results.items() if "vqa_acc_colour" in metrics
+                for setting, prefix in settings.items()]
+    text += table("VQA accuracy", [(kind, kind) for kind in VQA_KINDS], vqa_rows)
+    return text.rstrip("\n")
 
+
+# ------------------------------------------------------------------------------------------------
+# Command line.
+# ------------------------------------------------------------------------------------------------
 
 def load_models(checkpoint, device):
     """Rebuild the frozen text tower and the visual embedder from a checkpoint's plain data."""
@@ -59,15 +251,29 @@ def load_models(checkpoint, device):
     lm = freeze(lm.to(device))
     tower = TextTower(lm, tokenizer, checkpoint["whitening_mean"], checkpoint["whitening_matrix"],
                       device)
-    embedder = VisualEmbedder(world_cfg.image_size, lm_cfg.width)
+    embedder = VisualEmbedder(world_cfg.image_size, lm_cfg.width, config["align"]["prefix_tokens"])
     embedder.load_state_dict(checkpoint["embedder"])
-    return tower, embedder.to(device).eval(), world_cfg, config["seed"]
+    return tower, embedder.to(device).eval(), world_cfg, config
+
+
+def read_image(path, image_size):
+    try:
+        return load_image(path, image_size)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such image file") from None
+    except OSError as error:
+        raise ValueError(f"{path}: not an image PIL can read ({error})") from None
 
 
 def main(argv=None):
     parser = Parser(prog="eval.py", description=__doc__.split("\n")[0])
     parser.add_argument("--ckpt", required=True, help="a checkpoint written by train.py")
     parser.add_argument("--json", help="where to write the metrics (default: none)")
+    parser.add_argument("--caption", metavar="IMAGE", help="print a caption for this image file")
+    parser.add_argument("--ask", nargs=2, metavar=("IMAGE", "QUESTION"),
+                        help='answer a question about an image, e.g. "what colour is the circle?"')
+    parser.add_argument("--sample-temperature", type=float, default=0.0,
+                        help="captioning: 0 decodes greedily, above 0 samples (default: 0)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     args = parser.parse_args(argv)
     device = describe_device(args.device)
@@ -75,8 +281,23 @@ def main(argv=None):
     if "embedder" not in checkpoint:
         raise ValueError(f"{args.ckpt}: holds only the LM stage (train.py --stage all writes "
                          "minivlp.pt)")
-    tower, embedder, world_cfg, seed = load_models(checkpoint, device)
-    results = evaluate(embedder, tower, make_eval_splits(world_cfg, seed), device)
+    tower, embedder, world_cfg, config = load_models(checkpoint, device)
+    objective = config["objective"]
+    if (args.caption or args.ask) and objective == "contrastive":
+        raise ValueError(f"{args.ckpt}: trained with --objective contrastive, so it has no "
+                         f"prefix to caption or answer with (train with prefix or both)")
+    if args.caption:
+        image = read_image(args.caption, world_cfg.image_size)[None]
+        print(describe(tower, image_prefixes(embedder, image, device), args.sample_temperature)[0])
+        return
+    if args.ask:
+        image = read_image(args.ask[0], world_cfg.image_size)[None]
+        context = image_context(tower.lm, tower.tokenizer, image_prefixes(embedder, image, device))
+        print(answer(tower, [context[0]], [args.ask[1].strip().lower()])[0])
+        return
+    support = make_split(200, world_cfg.image_size, (config["seed"], 4), held_out=False)
+    results = evaluate(embedder, tower, make_eval_splits(world_cfg, config["seed"]), support,
+                       device, objective)
     print(format_table(results))
     if args.json:
         save_json(results, args.json)

@@ -62,6 +62,7 @@ class AlignConfig:
     weight_decay: float = 0.05
     temperature: float = 0.07    # τ in §4.2 (initial value when learned)
     learn_temperature: bool = True
+    prefix_tokens: int = 4       # K: embeddings the image becomes ahead of the LM's text (Frozen)
 
 
 def describe_device(name):
@@ -124,6 +125,14 @@ def caption(scene, wording=None):
         return f"a {w(scene.size)} {w(colour)} {w(shape)} {POSITIONS[scene.where]}"
     (c1, s1), (c2, s2) = scene.objects
     return f"a {w(c1)} {w(s1)} {RELATIONS[scene.where]} a {w(c2)} {w(s2)}"
+
+
+def all_scenes():
+    """Every scene the grammar can describe (350 with one object, 2,380 with two)."""
+    pairs = [(colour, shape) for colour in COLOURS for shape in SHAPES]
+    return ([Scene((pair,), size, where) for pair in pairs for size in SIZES for where in POSITIONS]
+            + [Scene((first, second), "", where) for first in pairs for second in pairs
+               if first != second for where in RELATIONS])
 
 
 def random_scene(rng, held_out):
@@ -223,6 +232,17 @@ def make_world(cfg, seed):
     """The paired training set (seen colour+shape pairs, plain wording) and the evaluation splits."""
     train = make_split(cfg.train_images, cfg.image_size, (seed, 1), held_out=False)
     return {"train": train, **make_eval_splits(cfg, seed)}
+
+
+def load_image(path, image_size):
+    """Any image file -> (3, H, W) uint8 RGB: shorter side resized to image_size, centre crop."""
+    image = Image.open(path).convert("RGB")
+    scale = image_size / min(image.size)
+    image = image.resize((max(image_size, round(image.width * scale)),
+                          max(image_size, round(image.height * scale))), Image.BICUBIC)
+    left, top = (image.width - image_size) // 2, (image.height - image_size) // 2
+    image = image.crop((left, top, left + image_size, top + image_size))
+    return torch.from_numpy(np.asarray(image)).permute(2, 0, 1).contiguous()
 
 
 def questions(scene, rng):
@@ -530,13 +550,14 @@ class TextTower:
 # ------------------------------------------------------------------------------------------------
 
 class VisualEmbedder(nn.Module):
-    """Three conv stages, then a flatten that keeps *where* things are, then an MLP to C.
+    """Three conv stages, then a flatten that keeps *where* things are, then two heads.
 
     Global average pooling would throw away position, yet 'on the left' and 'above' are in the
     captions; flattening the 4x4 grid keeps each cell's features apart. For the same reason no
-    training image is flipped: a flip swaps left and right."""
+    training image is flipped: a flip swaps left and right. The two heads share the trunk: one
+    vector v for InfoNCE (§4.2), and K prefix embeddings for the frozen LM's input (Frozen)."""
 
-    def __init__(self, image_size, width):
+    def __init__(self, image_size, width, prefix_tokens):
         super().__init__()
         assert image_size % 8 == 0, f"image size {image_size} must be a multiple of 8"
         grid = image_size // 8
@@ -549,11 +570,14 @@ class VisualEmbedder(nn.Module):
             nn.Flatten(),                # (B, 128, H/8, W/8) -> (B, 128 * H/8 * W/8)
             nn.Linear(128 * grid * grid, 256), nn.ReLU())               # -> (B, 256)
         self.head = nn.Linear(256, width)                               # (B, 256) -> (B, C)
+        self.prefix_head = nn.Linear(256, prefix_tokens * width)        # (B, 256) -> (B, K * C)
+        self.prefix_shape = (prefix_tokens, width)
 
     def forward(self, images):
-        """(B, 3, H, W) uint8 images -> (B, C) image embeddings v."""
-        x = images.float() / 127.5 - 1.0                                # [0, 255] -> [-1, 1]
-        return self.head(self.trunk(x))
+        """(B, 3, H, W) uint8 images -> (B, C) image embeddings v and (B, K, C) prefixes."""
+        features = self.trunk(images.float() / 127.5 - 1.0)             # [0, 255] -> [-1, 1]
+        prefix = self.prefix_head(features).view(len(images), *self.prefix_shape)
+        return self.head(features), prefix
 
 
 # ------------------------------------------------------------------------------------------------
@@ -608,36 +632,104 @@ def info_nce(image_emb, text_emb, temperature, symmetric=True, caption_ids=None)
 
 
 # ------------------------------------------------------------------------------------------------
-# 6. Alignment (§3.2 step 3): train the visual embedder against the frozen LM's text features.
+# 6. The visual prefix (§3.4, Frozen): the image as the first line the frozen LM reads.
+# ------------------------------------------------------------------------------------------------
+# In the corpus a document opens with a caption line, then restatements and questions. The K
+# prefix embeddings take the place of that first line: '<bos> [K image embeddings] \n text'.
+# Captioning is then 'restate the first line', and a question is asked as in the corpus.
+
+IGNORE = -100  # target id that the loss skips (F.cross_entropy's ignore_index); never a token
+
+
+def image_context(lm, tokenizer, prefix):
+    """(B, K, C) visual prefix -> (B, 1 + K, C): the <bos> embedding, then the prefix."""
+    bos = lm.token_emb.weight[tokenizer.bos_id].expand(len(prefix), 1, -1)  # (B, 1, C)
+    return torch.cat([bos, prefix.to(bos.dtype)], dim=1)
+
+
+def caption_tokens(tokenizer, captions, context):
+    """Each caption as the ids of '\n caption \n', right-padded with IGNORE: (M, L)."""
+    newline = tokenizer.encode("\n")
+    rows = [newline + tokenizer.encode(text)[:context - 2 * len(newline)] + newline
+            for text in captions]
+    return pad_rows(rows, IGNORE)
+
+
+def prefix_loss(lm, tokenizer, prefix, tokens):
+    """Next-token cross-entropy of the caption given the image (Frozen's captioning loss).
+
+    prefix (B, K, C); tokens (B, L): '\n caption \n' padded with IGNORE. The LM is frozen but
+    not detached: gradients flow through it into the prefix, and only the embedder learns."""
+    context = image_context(lm, tokenizer, prefix)                      # (B, 1 + K, C)
+    # IGNORE padding sits after the caption, where causal attention hides it: any id will do
+    hidden = lm(tokens.clamp(min=0), prefix=context)                    # (B, 1 + K + L, C)
+    P = context.shape[1]
+    logits = lm.logits(hidden[:, P:-1])           # state of token j predicts token j + 1: (B, L-1, V)
+    return F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten(),
+                           ignore_index=IGNORE)
+
+
+@torch.no_grad()
+def generate(lm, context, prompt, max_new_tokens, sample_temperature=0.0, generator=None):
+    """Continue (B, P, C) context embeddings and (B, T) prompt ids by up to max_new_tokens.
+
+    Greedy when sample_temperature is 0, else sampled from softmax(logits / sample_temperature).
+    Returns (B, max_new_tokens) new ids; callers cut each row at its first newline."""
+    ids = prompt
+    for _ in range(min(max_new_tokens, lm.context - context.shape[1] - prompt.shape[1])):
+        logits = lm.logits(lm(ids, prefix=context)[:, -1]).float()     # (B, V): the next token
+        if sample_temperature == 0:
+            next_id = logits.argmax(dim=-1)
+        else:
+            probabilities = (logits / sample_temperature).softmax(dim=-1)
+            next_id = torch.multinomial(probabilities, 1, generator=generator).squeeze(1)
+        ids = torch.cat([ids, next_id[:, None]], dim=1)
+    return ids[:, prompt.shape[1]:]
+
+
+# ------------------------------------------------------------------------------------------------
+# 7. Alignment (§3.2 step 3): train the visual embedder against the frozen LM's text features.
 # ------------------------------------------------------------------------------------------------
 
-def align(embedder, temperature, images, caption_index, text_emb, cfg, device, seed,
-          frozen_lm=None):
-    """Train only the embedder (and a learned τ) so that g(I_i) meets t_i under InfoNCE.
+OBJECTIVES = ("contrastive", "prefix", "both")
 
-    images (N, 3, H, W) uint8; caption_index (N,); text_emb (M, C): the frozen tower's embedding
-    of each distinct caption, computed once before this loop, since a frozen tower's outputs are
-    constants. frozen_lm, when given, is checked to be absent from the optimizer."""
+
+def align(embedder, temperature, lm, tokenizer, images, caption_index, captions, text_emb,
+          cfg, objective, device, seed):
+    """Train only the embedder (and a learned τ) against the frozen LM.
+
+    contrastive  InfoNCE between g(I_i) and t_i (§4.2)
+    prefix       next-token loss of caption i given the image's prefix, through the frozen LM
+    both         the sum of the two, one trunk with two heads
+
+    images (N, 3, H, W) uint8; caption_index (N,) into the M distinct `captions`; text_emb
+    (M, C): the frozen tower's embedding of each caption, computed once before this loop, since
+    a frozen tower's outputs are constants."""
+    assert objective in OBJECTIVES, objective
     embedder.to(device).train()
     temperature.to(device)
     optimizer = adamw(list(embedder.parameters()) + list(temperature.parameters()), cfg.lr,
                       cfg.weight_decay, device)
-    if frozen_lm is not None:
-        trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        assert not trained & {id(p) for p in frozen_lm.parameters()}, "the frozen LM is in the optimizer"
+    trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert not trained & {id(p) for p in lm.parameters()}, "the frozen LM is in the optimizer"
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, cfg.steps))
     images, caption_index, text_emb = images.to(device), caption_index.to(device), text_emb.to(device)
+    tokens = caption_tokens(tokenizer, captions, lm.context - 1 - cfg.prefix_tokens).to(device)
     generator = torch.Generator(device=device).manual_seed(seed)
     history = {"loss": [], "temperature": []}
     start = time.perf_counter()
-    bar = tqdm(range(cfg.steps), desc="align", dynamic_ncols=True)
+    bar = tqdm(range(cfg.steps), desc=f"align ({objective})", dynamic_ncols=True)
     for step in bar:
         batch = torch.randint(len(images), (cfg.batch_size,), device=device, generator=generator)
-        captions = caption_index[batch]                                 # (B,)
+        caption_ids = caption_index[batch]                              # (B,)
+        loss = 0.0
         with autocast(device):
-            image_emb = embedder(images[batch])                         # (B, C)
-        loss = info_nce(image_emb.float(), text_emb[captions], temperature(),
-                        caption_ids=captions)
+            image_emb, prefix = embedder(images[batch])                 # (B, C), (B, K, C)
+            if objective != "contrastive":
+                loss = prefix_loss(lm, tokenizer, prefix, tokens[caption_ids])
+        if objective != "prefix":  # outside autocast: the loss in float32
+            loss = loss + info_nce(image_emb.float(), text_emb[caption_ids], temperature(),
+                                   caption_ids=caption_ids)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -655,7 +747,7 @@ def align(embedder, temperature, images, caption_index, text_emb, cfg, device, s
 
 
 # ------------------------------------------------------------------------------------------------
-# 7. Evaluation (§3.2 step 4): retrieval both ways and zero-shot attribute classification.
+# 8. Evaluation (§3.2 step 4): retrieval both ways and zero-shot attribute classification.
 # ------------------------------------------------------------------------------------------------
 
 @torch.no_grad()
@@ -665,7 +757,7 @@ def image_embeddings(embedder, images, device, batch_size=1024):
     out = []
     for i in range(0, len(images), batch_size):
         with autocast(device):
-            out.append(embedder(images[i:i + batch_size].to(device)).float())
+            out.append(embedder(images[i:i + batch_size].to(device))[0].float())
     out = torch.cat(out)
     return out / out.norm(dim=1, keepdim=True)
 
@@ -699,16 +791,15 @@ def zeroshot_accuracy(image_emb, scenes, embed_texts):
     prompt ensembling: the mean of their unit text embeddings), and each image takes the nearest
     class. embed_texts maps a list of captions to (M, C) text embeddings."""
     one_object = [i for i, scene in enumerate(scenes) if len(scene.objects) == 1]
-    all_scenes = [Scene(((c, s),), size, where) for c in COLOURS for s in SHAPES
-                  for size in SIZES for where in POSITIONS]
-    prompts = embed_texts([caption(scene) for scene in all_scenes])    # (350, C)
+    prompt_scenes = [scene for scene in all_scenes() if len(scene.objects) == 1]
+    prompts = embed_texts([caption(scene) for scene in prompt_scenes])  # (350, C)
     prompts = prompts / prompts.norm(dim=1, keepdim=True)
     attribute = {"colour": lambda sc: sc.objects[0][0], "shape": lambda sc: sc.objects[0][1],
                  "size": lambda sc: sc.size, "position": lambda sc: sc.where}
     metrics = {}
     for name, value_of in attribute.items():
-        values = sorted({value_of(scene) for scene in all_scenes})
-        classes = torch.stack([prompts[[value_of(sc) == v for sc in all_scenes]].mean(0)
+        values = sorted({value_of(scene) for scene in prompt_scenes})
+        classes = torch.stack([prompts[[value_of(sc) == v for sc in prompt_scenes]].mean(0)
                                for v in values])                       # (classes, C)
         classes = classes / classes.norm(dim=1, keepdim=True)
         predicted = (image_emb[one_object] @ classes.T).argmax(dim=1)
@@ -718,7 +809,7 @@ def zeroshot_accuracy(image_emb, scenes, embed_texts):
 
 
 # ------------------------------------------------------------------------------------------------
-# 8. Checkpoints: plain data and tensors only, so loading never runs pickled code.
+# 9. Checkpoints: plain data and tensors only, so loading never runs pickled code.
 # ------------------------------------------------------------------------------------------------
 
 CHECKPOINT_FORMAT = "minivlp-1"

@@ -14,11 +14,13 @@ from pathlib import Path
 
 import torch
 
+from PIL import Image
+
 from eval import Parser, evaluate, format_table
-from minivlp import (AlignConfig, LMConfig, LanguageModel, Temperature, TextTower, VisualEmbedder,
-                     WorldConfig, align, describe_device, encode_corpus, fit_whitening, freeze,
-                     held_out_loss, make_corpus, make_world, pretrain_lm, save_checkpoint,
-                     save_json, text_features)
+from minivlp import (OBJECTIVES, AlignConfig, LMConfig, LanguageModel, Temperature, TextTower,
+                     VisualEmbedder, WorldConfig, align, describe_device, encode_corpus,
+                     fit_whitening, freeze, held_out_loss, make_corpus, make_split, make_world,
+                     pretrain_lm, save_checkpoint, save_json, text_features)
 from tokenizer import Tokenizer
 
 # Each config dataclass becomes a group of flags; LM fields carry the prefix --lm- so that
@@ -43,6 +45,9 @@ def build_parser():
     parser.add_argument("--text-tower", choices=["locked", "random"], default="locked",
                         help="locked: pretrained, then frozen (the method); random: frozen at "
                              "random initialisation (default: %(default)s)")
+    parser.add_argument("--objective", choices=OBJECTIVES, default="both",
+                        help="contrastive: InfoNCE only; prefix: captioning loss through the "
+                             "frozen LM only; both: their sum (default: %(default)s)")
     parser.add_argument("--out", default="out", help="output folder (default: %(default)s)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="auto picks CUDA when present (default: %(default)s)")
@@ -88,21 +93,31 @@ def pretrain_stage(lm_cfg, world_cfg, text_tower, device, seed):
     return tokenizer, freeze(lm), history
 
 
-def align_stage(tokenizer, lm, world_cfg, lm_cfg, align_cfg, device, seed):
-    """§3.2 steps 2-3: the frozen tower's text embeddings, then InfoNCE training of the embedder."""
+def align_stage(tokenizer, lm, world_cfg, lm_cfg, align_cfg, objective, device, seed):
+    """§3.2 steps 2-3: the frozen tower's text embeddings, then train the embedder."""
     world = make_world(world_cfg, seed)
     train = world["train"]
     mean, matrix = fit_whitening(text_features(lm, tokenizer, train.captions, device))
     tower = TextTower(lm, tokenizer, mean, matrix, device)
     text_emb = tower(train.captions)                                    # (M, C), computed once
     torch.manual_seed(seed)
-    embedder = VisualEmbedder(world_cfg.image_size, lm_cfg.width)
+    embedder = VisualEmbedder(world_cfg.image_size, lm_cfg.width, align_cfg.prefix_tokens)
     temperature = Temperature(align_cfg.temperature, align_cfg.learn_temperature)
-    history = align(embedder, temperature, train.images, train.caption_index, text_emb, align_cfg,
-                    device, seed, frozen_lm=lm)
+    history = align(embedder, temperature, lm, tokenizer, train.images, train.caption_index,
+                    train.captions, text_emb, align_cfg, objective, device, seed)
     print(f"alignment: {align_cfg.steps} steps in {history['seconds']:.1f} s, "
           f"{history['images_per_s']:,.0f} images/s, final τ {temperature().item():.4f}")
     return world, tower, embedder, temperature, history
+
+
+def save_examples(split, out, count=4):
+    """A few `test` images as PNG files, to try `eval.py --caption` and `--ask` on."""
+    paths = []
+    for i in range(count):
+        path = out / f"example_{i}.png"
+        Image.fromarray(split.images[i].permute(1, 2, 0).numpy()).save(path)
+        paths.append(f"{path}: {split.captions[split.caption_index[i]]}")
+    return paths
 
 
 def main(argv=None):
@@ -111,7 +126,8 @@ def main(argv=None):
     device = describe_device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    run_config = {"seed": args.seed, "text_tower": args.text_tower, "device": str(device),
+    run_config = {"seed": args.seed, "text_tower": args.text_tower, "objective": args.objective,
+                  "device": str(device),
                   **{group: asdict(config) for group, config in configs.items()}}
     print("config:", run_config)
     save_json(run_config, out / "config.json")
@@ -125,17 +141,19 @@ def main(argv=None):
         return
 
     world, tower, embedder, temperature, align_history = align_stage(
-        tokenizer, lm, world_cfg, lm_cfg, align_cfg, device, args.seed)
+        tokenizer, lm, world_cfg, lm_cfg, align_cfg, args.objective, device, args.seed)
     checkpoint.update(embedder=embedder.state_dict(), temperature=temperature().item(),
                       whitening_mean=tower.mean.cpu(), whitening_matrix=tower.matrix.cpu(),
                       history={"lm": lm_history, "align": align_history})
     save_checkpoint(checkpoint, out / "minivlp.pt")
 
+    support = make_split(200, world_cfg.image_size, (args.seed, 4), held_out=False)
     metrics = evaluate(embedder, tower, {name: world[name] for name in world if name != "train"},
-                       device)
+                       support, device, args.objective)
     save_json(metrics, out / "metrics.json")
     print(format_table(metrics))
-    print(f"wrote {out / 'minivlp.pt'}, {out / 'metrics.json'}")
+    print(f"wrote {out / 'minivlp.pt'}, {out / 'metrics.json'} and example images:")
+    print("\n".join(save_examples(world["test"], out)))
 
 
 if __name__ == "__main__":

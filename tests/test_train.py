@@ -55,6 +55,38 @@ def test_eval_reproduces_the_metrics_written_by_train(tiny_run, tmp_path):
             assert again[split][key] == pytest.approx(value, abs=1e-6), (split, key)
 
 
+def test_tiny_run_reports_captioning_and_vqa_with_the_blind_baseline(tiny_run):
+    metrics = json.loads((tiny_run / "metrics.json").read_text())["test"]
+    for kind in ("colour", "shape", "count", "exists"):
+        for setting in ("vqa_acc", "vqa_blind_acc", "vqa_fewshot_acc"):
+            assert 0.0 <= metrics[f"{setting}_{kind}"] <= 1.0
+    # an exactly right caption has every attribute right, so exact match bounds them from below
+    assert metrics["caption_exact_match"] <= min(metrics["caption_acc_colour"],
+                                                 metrics["caption_acc_shape"])
+    assert 0.0 <= metrics["caption_bleu4"] <= 1.0
+
+
+def test_caption_and_ask_answer_for_an_image_file(tiny_run):
+    image = tiny_run / "example_0.png"
+    result = run_cli("eval.py", "--ckpt", str(tiny_run / "minivlp.pt"), "--caption", str(image),
+                     "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.strip().splitlines()) == 1
+    result = run_cli("eval.py", "--ckpt", str(tiny_run / "minivlp.pt"), "--ask", str(image),
+                     "how many objects are there?", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.strip().split()) <= 3
+
+
+def test_caption_of_a_missing_or_broken_image_is_a_clear_error(tiny_run, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    for path in (tmp_path / "missing.png", broken):
+        result = run_cli("eval.py", "--ckpt", str(tiny_run / "minivlp.pt"), "--caption", str(path))
+        assert result.returncode == 2 and str(path) in result.stderr
+        assert "Traceback" not in result.stderr
+
+
 def run_cli(*args):
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)

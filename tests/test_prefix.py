@@ -1,0 +1,134 @@
+"""The visual prefix (Frozen): the captioning loss, decoding, BLEU-4 and caption parsing."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from eval import bleu4, parse_caption
+from minivlp import (IGNORE, LanguageModel, LMConfig, Scene, VisualEmbedder, caption_tokens, freeze,
+                     generate, image_context, prefix_loss)
+from tokenizer import Tokenizer
+
+TINY = LMConfig(vocab_size=280, context=32, width=32, depth=2, heads=4)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return Tokenizer.train("a small red circle on the left\na big blue square\n" * 20, 280)
+
+
+def test_bleu4_matches_a_value_worked_by_hand():
+    """Pair 1: 'a b c d e' against 'a b c d f': n-gram matches 4/5, 3/4, 2/3, 1/2.
+    Pair 2: 'a b c d' against 'a b c d e f': 4/4, 3/3, 2/2, 1/1.
+    Corpus: p = 8/9, 6/7, 4/5, 2/3; lengths c = 9, r = 11, so BP = exp(1 - 11/9)."""
+    expected = math.exp(1 - 11 / 9) * (8 / 9 * 6 / 7 * 4 / 5 * 2 / 3) ** 0.25
+    got = bleu4(["a b c d e", "a b c d"], ["a b c d f", "a b c d e f"])
+    assert got == pytest.approx(expected, rel=1e-12)
+    assert bleu4(["a b c d e"], ["a b c d f"]) == pytest.approx(0.2 ** 0.25, rel=1e-12)
+    assert bleu4(["the cat sat on"], ["the cat sat on"]) == pytest.approx(1.0)
+    # clipping: 'the' counts once, and no bigram matches, so BLEU is 0
+    assert bleu4(["the the the the"], ["the cat"]) == 0.0
+
+
+def test_captions_parse_in_plain_and_synonym_wording():
+    scene = Scene((("red", "circle"),), "small", "left")
+    assert parse_caption("a small red circle on the left") == scene
+    assert parse_caption("a tiny crimson ring on the left") == scene
+    assert parse_caption("a red circle above a azure box") == Scene(
+        (("red", "circle"), ("blue", "square")), "", "above")
+    assert parse_caption("a small red circle on the") is None
+    assert parse_caption("a red circle above a red circle") is None     # not a valid scene
+
+
+def padded(tokens, extra):
+    return torch.cat([tokens, torch.full((len(tokens), extra), IGNORE)], dim=1)
+
+
+def test_prefix_loss_ignores_padding_and_matches_a_per_token_reference(tokenizer):
+    torch.manual_seed(0)
+    lm = freeze(LanguageModel(TINY))
+    prefix = torch.randn(3, 2, TINY.width)
+    tokens = caption_tokens(tokenizer, ["a small red circle", "a big blue square on the left", "a"],
+                            TINY.context)
+    loss = prefix_loss(lm, tokenizer, prefix, tokens)
+    assert loss.item() == pytest.approx(prefix_loss(lm, tokenizer, prefix, padded(tokens, 5)).item(),
+                                        abs=1e-6)
+    # reference: each caption alone, unpadded, the cross-entropy of every next token, then the
+    # mean over all predicted tokens of the batch
+    newline = tokenizer.encode("\n")
+    total, count = 0.0, 0
+    for row, text in enumerate(["a small red circle", "a big blue square on the left", "a"]):
+        ids = torch.tensor([newline + tokenizer.encode(text) + newline])
+        context = torch.cat([lm.token_emb.weight[tokenizer.bos_id][None, None], prefix[row:row + 1]], 1)
+        logits = lm.logits(lm(ids, prefix=context))[0, 3:-1]             # states of the tokens
+        total += F.cross_entropy(logits, ids[0, 1:], reduction="sum").item()
+        count += ids.shape[1] - 1
+    assert loss.item() == pytest.approx(total / count, abs=1e-5)
+
+
+def test_captioning_gradients_reach_the_embedder_and_leave_the_lm_unchanged(tokenizer):
+    torch.manual_seed(0)
+    lm = freeze(LanguageModel(TINY))
+    before = {name: t.clone() for name, t in lm.state_dict().items()}
+    embedder = VisualEmbedder(image_size=16, width=TINY.width, prefix_tokens=2)
+    optimizer = torch.optim.AdamW(embedder.parameters(), lr=0.01)
+    images = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    tokens = caption_tokens(tokenizer, ["a small red circle"] * 4, TINY.context)
+    _, prefix = embedder(images)
+    assert prefix.shape == (4, 2, TINY.width)
+    prefix_loss(lm, tokenizer, prefix, tokens).backward()
+    assert embedder.trunk[0].weight.grad.abs().sum() > 0
+    assert embedder.head.weight.grad is None                            # the other head: no loss
+    assert all(p.grad is None for p in lm.parameters())
+    optimizer.step()
+    for name, tensor in lm.state_dict().items():
+        assert torch.equal(tensor, before[name]), name
+
+
+def counting_lm():
+    """A hand-built LM whose next token is always the current token + 1 (mod 8).
+
+    token_emb = 3 * identity, so token i is the one-hot e_i; attention is switched off (zero
+    output projection); the MLP maps e_i to 10 * e_(i+1) (identity in, shift matrix out), which
+    outweighs the residual e_i; the tied head then scores token i + 1 highest."""
+    lm = LanguageModel(LMConfig(vocab_size=8, context=16, width=8, depth=1, heads=2))
+    with torch.no_grad():
+        for p in lm.parameters():
+            p.zero_()
+        lm.token_emb.weight.copy_(3 * torch.eye(8))
+        block = lm.blocks[0]
+        for norm in (block.ln_attention, block.ln_mlp, lm.ln_final):
+            norm.weight.fill_(1)
+        block.mlp[0].weight[:8].copy_(torch.eye(8))
+        block.mlp[2].weight[:, :8].copy_(10 * torch.eye(8).roll(1, dims=0))
+    return freeze(lm)
+
+
+def test_greedy_decoding_of_a_hand_built_model_counts_and_is_deterministic():
+    lm = counting_lm()
+    context = lm.token_emb(torch.tensor([[0], [0]]))                   # (2, 1, C)
+    prompt = torch.tensor([[3], [6]])
+    expected = torch.tensor([[4, 5, 6, 7, 0], [7, 0, 1, 2, 3]])
+    assert torch.equal(generate(lm, context, prompt, 5), expected)
+    assert torch.equal(generate(lm, context, prompt, 5), expected)
+    # sampling at a tiny temperature is greedy; at 1 with a seeded generator it is repeatable
+    assert torch.equal(generate(lm, context, prompt, 5, sample_temperature=1e-3), expected)
+    run = lambda: generate(lm, context, prompt, 5, 1.0, torch.Generator().manual_seed(1))
+    assert torch.equal(run(), run())
+
+
+def test_generation_stops_at_the_context_length():
+    lm = counting_lm()
+    context = lm.token_emb(torch.tensor([[0]] * 1)).expand(1, 10, -1)   # 10 of 16 positions used
+    assert generate(lm, context, torch.tensor([[1]]), 50).shape == (1, 5)
+
+
+def test_image_context_puts_bos_first(tokenizer):
+    lm = LanguageModel(TINY)
+    prefix = torch.randn(2, 3, TINY.width)
+    context = image_context(lm, tokenizer, prefix)
+    assert context.shape == (2, 4, TINY.width)
+    assert torch.equal(context[:, 0], lm.token_emb.weight[tokenizer.bos_id].expand(2, -1))
+    assert torch.equal(context[:, 1:], prefix)
