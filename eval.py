@@ -16,10 +16,10 @@ from collections import Counter
 import numpy as np
 import torch
 
-from minivlp import (SYNONYMS, LanguageModel, LMConfig, TextTower, VisualEmbedder,
-                     WorldConfig, all_scenes, caption, describe_device, freeze, generate,
-                     image_context, image_embeddings, load_checkpoint, load_image,
-                     make_eval_splits, make_split, questions, retrieval_metrics, save_json,
+from minivlp import (COLOURS, POSITIONS, SHAPES, SYNONYMS, LanguageModel, LMConfig, TextTower,
+                     VisualEmbedder, WorldConfig, all_scenes, caption, embed_images, freeze,
+                     generate, image_context, load_checkpoint, load_image, make_eval_splits,
+                     make_support_split, questions, resolve_device, retrieval_metrics, save_json,
                      zeroshot_accuracy)
 from tokenizer import Tokenizer
 
@@ -83,33 +83,32 @@ def bleu4(candidates, references):
 # Captioning and question answering through the frozen LM.
 # ------------------------------------------------------------------------------------------------
 
-@torch.no_grad()
-def image_prefixes(embedder, images, device, batch_size=1024):
-    """(N, 3, H, W) uint8 -> (N, K, C) visual prefixes."""
-    return torch.cat([embedder(images[i:i + batch_size].to(device))[1].float()
-                      for i in range(0, len(images), batch_size)])
+ANSWERS = [*COLOURS, *SHAPES, "one", "two", *POSITIONS, "yes", "no"]   # every answer questions() gives
 
 
-def describe(tower, prefixes, sample_temperature=0.0, seed=0, batch_size=500):
-    """(N, K, C) prefixes -> N captions: '<bos> [image] \\n' continued until the newline."""
-    lm, tokenizer = tower.lm, tower.tokenizer
+def describe(lm, tokenizer, prefixes, sample_temperature=0.0, seed=0, batch_size=500):
+    """(N, K, C) prefixes -> N captions: '<bos> [image] \n' continued until the newline."""
     newline = torch.tensor(tokenizer.encode("\n"), device=prefixes.device)
     generator = torch.Generator(device=prefixes.device).manual_seed(seed)
     texts = []
     for i in range(0, len(prefixes), batch_size):
-        context = image_context(lm, tokenizer, prefixes[i:i + batch_size])     # (B, 1 + K, C)
-        prompt = newline.expand(len(context), -1)                              # (B, 1)
-        new = generate(lm, context, prompt, 24, sample_temperature, generator)
+        context_emb = image_context(lm, tokenizer, prefixes[i:i + batch_size])  # (B, 1 + K, C)
+        prompt = newline.expand(len(context_emb), -1)                           # (B, 1)
+        new = generate(lm, context_emb, prompt, lm.context, sample_temperature, generator)
         texts += [first_line(tokenizer, row.tolist()) for row in new]
     return texts
 
 
-def answer(tower, contexts, question_texts, batch_size=500):
-    """Answer each question after its (P, C) context: '<context> \\n q: QUESTION a:' -> word.
+def answer_length(tokenizer):
+    """Tokens to generate for an answer: the longest answer word, then the newline."""
+    return max(len(tokenizer.encode(f" {word}")) for word in ANSWERS) + 1
+
+
+def answer(lm, tokenizer, contexts, question_texts, batch_size=500):
+    """Answer each question after its (P, C) context: '<context> \n q: QUESTION a:' -> word.
 
     contexts: a list of (P, C) tensors. Prompts are batched by context and prompt length so that
     no row needs padding in front."""
-    lm, tokenizer = tower.lm, tower.tokenizer
     prompts = [tokenizer.encode(f"\nq: {question} a:") for question in question_texts]
     answers = [None] * len(prompts)
     by_length = {}
@@ -118,65 +117,73 @@ def answer(tower, contexts, question_texts, batch_size=500):
     for rows in by_length.values():
         for start in range(0, len(rows), batch_size):
             chunk = rows[start:start + batch_size]
-            context = torch.stack([contexts[i] for i in chunk])                # (B, P, C)
-            prompt = torch.tensor([prompts[i] for i in chunk], device=context.device)
-            new = generate(lm, context, prompt, 3)
+            context_emb = torch.stack([contexts[i] for i in chunk])                # (B, P, C)
+            prompt = torch.tensor([prompts[i] for i in chunk], device=context_emb.device)
+            new = generate(lm, context_emb, prompt, answer_length(tokenizer))
             for i, row in zip(chunk, new.tolist()):
                 answers[i] = first_line(tokenizer, row)
     return answers
 
 
-def solved_examples(tower, support_prefixes, support_scenes, kind, shots, rng):
-    """(P, C) embeddings of `shots` solved examples of one question kind, each its own document:
-    '<bos> [image] \\n q: QUESTION a: ANSWER <eos>' (the few-shot prompt of Frozen)."""
-    lm, tokenizer = tower.lm, tower.tokenizer
-    pieces = []
-    while len(pieces) < shots:
-        i = int(rng.integers(len(support_scenes)))
+def solved_examples(lm, tokenizer, support_prefixes, support_scenes, kind, shots, room, rng):
+    """(P, C) embeddings of up to `shots` solved examples of one question kind, each its own
+    document: '<bos> [image] \n q: QUESTION a: ANSWER <eos>' (Frozen's few-shot prompt). Examples
+    are added while the total stays within `room` positions. Returns them and their number."""
+    pieces, length = [], 0
+    for i in rng.permutation(len(support_scenes)):
+        if len(pieces) == shots:
+            break
         matching = [(q, a) for q, a, k in questions(support_scenes[i], rng) if k == kind]
-        if matching:
-            q, a = matching[0]
-            ids = torch.tensor(tokenizer.encode(f"\nq: {q} a: {a}") + [tokenizer.eos_id],
-                               device=support_prefixes.device)
-            pieces.append(torch.cat([image_context(lm, tokenizer, support_prefixes[i:i + 1])[0],
-                                     lm.token_emb(ids)]))                  # (1 + K + L, C)
-    return torch.cat(pieces)
+        if not matching:
+            continue
+        q, a = matching[0]
+        ids = torch.tensor(tokenizer.encode(f"\nq: {q} a: {a}") + [tokenizer.eos_id],
+                           device=support_prefixes.device)
+        piece = torch.cat([image_context(lm, tokenizer, support_prefixes[i:i + 1])[0],
+                           lm.token_emb(ids)])                                     # (1 + K + L, C)
+        if length + len(piece) > room:
+            break
+        pieces.append(piece)
+        length += len(piece)
+    width = lm.token_emb.embedding_dim
+    return (torch.cat(pieces) if pieces else support_prefixes.new_zeros(0, width)), len(pieces)
 
 
 @torch.no_grad()
-def prefix_metrics(tower, embedder, split, support, device, shots=2, seed=0):
+def prefix_metrics(lm, tokenizer, prefixes, scenes, support_prefixes, support_scenes, shots=2,
+                   seed=0):
     """Captioning (exact match, per-attribute accuracy, BLEU-4) and VQA accuracy per question kind:
     with the image (zero-shot: the prefix never saw a question), blind (no image), and few-shot
-    (`shots` solved examples of the same kind of question first)."""
-    lm, tokenizer = tower.lm, tower.tokenizer
-    prefixes = image_prefixes(embedder, split.images, device)                  # (N, K, C)
-    generated = describe(tower, prefixes)
+    (up to `shots` solved examples of the same kind of question first, as many as fit)."""
+    generated = describe(lm, tokenizer, prefixes)
     parsed = [parse_caption(text) for text in generated]
-    metrics = {"caption_exact_match": float(np.mean([p == s for p, s in zip(parsed, split.scenes)])),
-               "caption_bleu4": bleu4(generated, [caption(scene) for scene in split.scenes]),
+    metrics = {"caption_exact_match": float(np.mean([p == s for p, s in zip(parsed, scenes)])),
+               "caption_bleu4": bleu4(generated, [caption(scene) for scene in scenes]),
                "caption_samples": generated[:5]}
     for name in ("colour", "shape", "size", "position", "relation"):
         scored = [p is not None and attributes(p).get(name) == attributes(s)[name]
-                  for p, s in zip(parsed, split.scenes) if name in attributes(s)]
+                  for p, s in zip(parsed, scenes) if name in attributes(s)]
         metrics[f"caption_acc_{name}"] = float(np.mean(scored))
 
     rng = np.random.default_rng(seed)
-    asked = [(i, q, a, kind) for i, scene in enumerate(split.scenes)
-             for q, a, kind in questions(scene, rng)]
+    asked = [(i, q, a, kind) for i, scene in enumerate(scenes) for q, a, kind in questions(scene, rng)]
+    kinds = sorted({kind for *_, kind in asked})
     with_image = image_context(lm, tokenizer, prefixes)                        # (N, 1 + K, C)
-    blind = image_context(lm, tokenizer, prefixes[:1, :0])[0]                  # (1, C): <bos> only
-    support_prefixes = image_prefixes(embedder, support.images, device)
-    examples = {kind: solved_examples(tower, support_prefixes, support.scenes, kind, shots, rng)
-                for kind in {kind for *_, kind in asked}}
+    blind = lm.token_emb.weight[tokenizer.bos_id][None]                        # (1, C): <bos> only
+    longest_query = with_image.shape[1] + max(
+        len(tokenizer.encode(f"\nq: {q} a:")) for _, q, _, _ in asked) + answer_length(tokenizer) - 1
+    examples = {kind: solved_examples(lm, tokenizer, support_prefixes, support_scenes, kind, shots,
+                                      lm.context - longest_query, rng) for kind in kinds}
     settings = {"vqa_acc": [with_image[i] for i, *_ in asked],
                 "vqa_blind_acc": [blind] * len(asked),
-                "vqa_fewshot_acc": [torch.cat([examples[kind], with_image[i]])
+                "vqa_fewshot_acc": [torch.cat([examples[kind][0], with_image[i]])
                                     for i, _, _, kind in asked]}
     for setting, contexts in settings.items():
-        answers = answer(tower, contexts, [q for _, q, _, _ in asked])
-        for kind in sorted({kind for *_, kind in asked}):
+        answers = answer(lm, tokenizer, contexts, [q for _, q, _, _ in asked])
+        for kind in kinds:
             right = [given == a for given, (_, _, a, k) in zip(answers, asked) if k == kind]
             metrics[f"{setting}_{kind}"] = float(np.mean(right))
+    metrics["vqa_fewshot_shots"] = min(count for _, count in examples.values())
     return metrics
 
 
@@ -186,18 +193,22 @@ def prefix_metrics(tower, embedder, split, support, device, shots=2, seed=0):
 
 def evaluate(embedder, tower, splits, support, device, objective):
     """{split name: metrics}: retrieval and zero-shot for the contrastive head, captioning and VQA
-    for the prefix head (not on `paraphrase`: it holds the `test` images, so they'd repeat)."""
+    for the prefix head. `paraphrase` holds the `test` images, so only its retrieval is new."""
     results = {}
+    _, support_prefixes = embed_images(embedder, support.images, device)
     for name, split in splits.items():
         metrics = {"images": len(split.images), "captions": len(split.captions)}
+        image_emb, prefixes = embed_images(embedder, split.images, device)     # (N, C), (N, K, C)
         if objective != "prefix":
-            image_emb = image_embeddings(embedder, split.images, device).cpu()  # (N, C) unit
-            text_emb = tower(split.captions).cpu()                              # (M, C)
+            text_emb = tower(split.captions)                                    # (M, C)
             text_emb = text_emb / text_emb.norm(dim=1, keepdim=True)
-            metrics.update(retrieval_metrics(image_emb @ text_emb.T, split.caption_index))
-            metrics.update(zeroshot_accuracy(image_emb, split.scenes, lambda t: tower(t).cpu()))
+            metrics.update(retrieval_metrics((image_emb @ text_emb.T).cpu(), split.caption_index))
+            if name != "paraphrase":
+                metrics.update(zeroshot_accuracy(image_emb.cpu(), split.scenes,
+                                                 lambda texts: tower(texts).cpu()))
         if objective != "contrastive" and name != "paraphrase":
-            metrics.update(prefix_metrics(tower, embedder, split, support, device))
+            metrics.update(prefix_metrics(tower.lm, tower.tokenizer, prefixes, split.scenes,
+                                          support_prefixes, support.scenes))
         results[name] = metrics
     return results
 
@@ -276,7 +287,7 @@ def main(argv=None):
                         help="captioning: 0 decodes greedily, above 0 samples (default: 0)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     args = parser.parse_args(argv)
-    device = describe_device(args.device)
+    device = resolve_device(args.device)
     checkpoint = load_checkpoint(args.ckpt)
     if "embedder" not in checkpoint:
         raise ValueError(f"{args.ckpt}: holds only the LM stage (train.py --stage all writes "
@@ -286,16 +297,17 @@ def main(argv=None):
     if (args.caption or args.ask) and objective == "contrastive":
         raise ValueError(f"{args.ckpt}: trained with --objective contrastive, so it has no "
                          f"prefix to caption or answer with (train with prefix or both)")
+    lm, tokenizer = tower.lm, tower.tokenizer
     if args.caption:
-        image = read_image(args.caption, world_cfg.image_size)[None]
-        print(describe(tower, image_prefixes(embedder, image, device), args.sample_temperature)[0])
+        _, prefix = embed_images(embedder, read_image(args.caption, world_cfg.image_size)[None], device)
+        print(describe(lm, tokenizer, prefix, args.sample_temperature)[0])
         return
     if args.ask:
-        image = read_image(args.ask[0], world_cfg.image_size)[None]
-        context = image_context(tower.lm, tower.tokenizer, image_prefixes(embedder, image, device))
-        print(answer(tower, [context[0]], [args.ask[1].strip().lower()])[0])
+        _, prefix = embed_images(embedder, read_image(args.ask[0], world_cfg.image_size)[None], device)
+        context_emb = image_context(lm, tokenizer, prefix)[0]                  # (1 + K, C)
+        print(answer(lm, tokenizer, [context_emb], [args.ask[1].strip().lower()])[0])
         return
-    support = make_split(200, world_cfg.image_size, (config["seed"], 4), held_out=False)
+    support = make_support_split(world_cfg, config["seed"])
     results = evaluate(embedder, tower, make_eval_splits(world_cfg, config["seed"]), support,
                        device, objective)
     print(format_table(results))

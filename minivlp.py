@@ -2,8 +2,9 @@
 
 Pipeline: text corpus -> tokenizer + tiny causal LM (pretrained, then frozen) -> text features
 t = h(T) -> a small CNN g(I) trained with InfoNCE so that v = g(I) meets t -> retrieval and
-zero-shot evaluation. Document sections implemented: §3.2 steps 1-4, §4.1 (v = g(I; θv), t = h(T; θl)),
-§4.2 (the InfoNCE loss). Papers followed: InfoNCE (van den Oord et al. 2018), CLIP (Radford et al.
+zero-shot evaluation. The same CNN also turns an image into K prefix embeddings that the frozen LM
+reads ahead of text, for captioning and question answering. Document sections implemented: §3.2
+steps 1-4, §3.4 (captioning, VQA), §4.1 (v = g(I; θv), t = h(T; θl)), §4.2 (the InfoNCE loss). Papers followed: InfoNCE (van den Oord et al. 2018), CLIP (Radford et al.
 2021), LiT (Zhai et al. 2022: a locked tower), Frozen (Tsimpoukelli et al. 2021: a frozen LM).
 Nothing runs on import: train.py and eval.py are the command-line faces of these functions.
 """
@@ -24,6 +25,7 @@ from tqdm import tqdm
 # Dimension legend, used in every shape comment:
 #   B batch   T tokens   C LM width (= embedding size, §3.2 step 2)   V vocabulary
 #   H, W image height and width   N images in a set   M distinct captions in a set
+#   K visual prefix embeddings   P embeddings ahead of the tokens   L caption tokens
 
 
 # ------------------------------------------------------------------------------------------------
@@ -56,7 +58,7 @@ class LMConfig:
 @dataclass
 class AlignConfig:
     steps: int = 300             # alignment steps (only the visual embedder learns)
-    batch_size: int = 256        # N in §4.2: each image has N - 1 negative captions
+    batch_size: int = 256        # N in §4.2: each image has up to N - 1 negative captions
     lr: float = 2e-3
     warmup_steps: int = 30
     weight_decay: float = 0.05
@@ -65,7 +67,7 @@ class AlignConfig:
     prefix_tokens: int = 4       # K: embeddings the image becomes ahead of the LM's text (Frozen)
 
 
-def describe_device(name):
+def resolve_device(name):
     """Resolve --device auto|cpu|cuda to a torch.device; cuda without CUDA is a ValueError."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -180,14 +182,21 @@ def render(scene, image_size, rng):
         r = (0.12 if scene.size == "small" else 0.21) * s * float(rng.uniform(0.9, 1.1))
         draw_shape(draw, shape, fx * s + jitter(), fy * s + jitter(), r, COLOURS[colour])
     else:
-        # along the relation's axis the first object sits in the first quarter band, the second in
-        # the last; across it each object may be anywhere in the middle
+        # along the relation's axis the first object sits at 0.2-0.3 of the image, the second at
+        # 0.7-0.8; across it each object may be anywhere in the middle half
         along = [rng.uniform(0.2, 0.3), rng.uniform(0.7, 0.8)]
         across = rng.uniform(0.25, 0.75, size=2)
         for (colour, shape), a, c in zip(scene.objects, along, across):
             x, y = (c, a) if scene.where == "above" else (a, c)
             draw_shape(draw, shape, x * s, y * s, 0.15 * s, COLOURS[colour])
     return np.asarray(image)
+
+
+def index_captions(texts):
+    """Per-image texts -> (M distinct captions, sorted; (N,) index of each image's caption)."""
+    captions = sorted(set(texts))
+    position = {text: j for j, text in enumerate(captions)}
+    return captions, torch.tensor([position[text] for text in texts])
 
 
 @dataclass
@@ -204,11 +213,9 @@ def make_split(n_images, image_size, seed, held_out, wording=None):
     rng = np.random.default_rng(seed)
     scenes = [random_scene(rng, held_out) for _ in range(n_images)]
     images = np.stack([render(scene, image_size, rng) for scene in scenes])  # (N, H, W, 3)
-    texts = [caption(scene, wording) for scene in scenes]
-    captions = sorted(set(texts))
-    position = {text: j for j, text in enumerate(captions)}
+    captions, caption_index = index_captions([caption(scene, wording) for scene in scenes])
     return Split(scenes, torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), captions,
-                 torch.tensor([position[text] for text in texts]))
+                 caption_index)
 
 
 def make_eval_splits(cfg, seed):
@@ -219,11 +226,8 @@ def make_eval_splits(cfg, seed):
     paraphrase     the `test` images, every word that has a synonym replaced by it
     """
     test = make_split(cfg.eval_images, cfg.image_size, (seed, 2), held_out=False)
-    paraphrase_texts = [caption(scene, SYNONYMS) for scene in test.scenes]
-    paraphrase_captions = sorted(set(paraphrase_texts))
-    position = {text: j for j, text in enumerate(paraphrase_captions)}
-    paraphrase = Split(test.scenes, test.images, paraphrase_captions,
-                       torch.tensor([position[text] for text in paraphrase_texts]))
+    paraphrase = Split(test.scenes, test.images,
+                       *index_captions([caption(scene, SYNONYMS) for scene in test.scenes]))
     compositional = make_split(cfg.eval_images, cfg.image_size, (seed, 3), held_out=True)
     return {"test": test, "compositional": compositional, "paraphrase": paraphrase}
 
@@ -232,6 +236,11 @@ def make_world(cfg, seed):
     """The paired training set (seen colour+shape pairs, plain wording) and the evaluation splits."""
     train = make_split(cfg.train_images, cfg.image_size, (seed, 1), held_out=False)
     return {"train": train, **make_eval_splits(cfg, seed)}
+
+
+def make_support_split(cfg, seed):
+    """200 images of seen pairs, apart from every split, for few-shot examples."""
+    return make_split(200, cfg.image_size, (seed, 4), held_out=False)
 
 
 def load_image(path, image_size):
@@ -414,23 +423,27 @@ def adamw(parameters, lr, weight_decay, device):
 
 def random_windows(stream, batch_size, context, generator):
     """(B, context) inputs and the (B, context) next tokens they must predict."""
-    starts = torch.randint(len(stream) - context - 1, (batch_size,), generator=generator)
+    starts = torch.randint(len(stream) - context, (batch_size,), generator=generator)  # last: L-C-1
     windows = torch.stack([stream[s:s + context + 1] for s in starts.tolist()])  # (B, context+1)
     return windows[:, :-1], windows[:, 1:]
 
 
 @torch.no_grad()
-def held_out_loss(lm, stream, context, device, max_windows=64):
-    """Mean next-token cross-entropy over consecutive windows of a held-out stream."""
+def held_out_loss(lm, stream, context, device, batch_size=256):
+    """Mean next-token cross-entropy over the held-out stream, cut into consecutive windows."""
     was_training = lm.training
     lm.eval()
-    n = min(max_windows, (len(stream) - 1) // context)
-    inputs = stream[:n * context].view(n, context).to(device)
-    targets = stream[1:n * context + 1].view(n, context).to(device)
-    with autocast(device):
-        logits = lm.logits(lm(inputs))
+    n = (len(stream) - 1) // context
+    inputs = stream[:n * context].view(n, context)                      # (n, context)
+    targets = stream[1:n * context + 1].view(n, context)
+    total = 0.0
+    for i in range(0, n, batch_size):
+        with autocast(device):
+            logits = lm.logits(lm(inputs[i:i + batch_size].to(device)))  # (B, context, V)
+        total += F.cross_entropy(logits.float().flatten(0, 1),
+                                 targets[i:i + batch_size].flatten().to(device), reduction="sum").item()
     lm.train(was_training)
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten()).item()
+    return total / (n * context)
 
 
 def pretrain_lm(lm, train_stream, held_out_stream, cfg, device, seed):
@@ -446,7 +459,7 @@ def pretrain_lm(lm, train_stream, held_out_stream, cfg, device, seed):
     bar = tqdm(range(cfg.steps), desc="pretrain LM", dynamic_ncols=True)
     for step in bar:
         inputs, targets = random_windows(train_stream, cfg.batch_size, cfg.context, generator)
-        inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        inputs, targets = inputs.to(device), targets.to(device)
         with autocast(device):
             logits = lm.logits(lm(inputs))                              # (B, T, V)
         loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
@@ -470,7 +483,8 @@ def freeze(lm):
     """Freeze the LM (§3.2 step 1). Frozen means exactly three things here:
 
     1. every parameter has requires_grad = False, so no gradient is ever computed for it;
-    2. the module is in eval mode (no dropout or other training-only behaviour);
+    2. the module is in eval mode (this LM has no dropout, but a frozen model must not behave
+       as in training: the habit matters for any LM put in its place);
     3. it is never handed to an optimizer: align() builds its optimizer from the visual embedder
        and the temperature only, and checks that no LM parameter slipped in.
     """
@@ -553,7 +567,7 @@ class VisualEmbedder(nn.Module):
     """Three conv stages, then a flatten that keeps *where* things are, then two heads.
 
     Global average pooling would throw away position, yet 'on the left' and 'above' are in the
-    captions; flattening the 4x4 grid keeps each cell's features apart. For the same reason no
+    captions; flattening the H/8 x W/8 grid keeps each cell's features apart. For the same reason no
     training image is flipped: a flip swaps left and right. The two heads share the trunk: one
     vector v for InfoNCE (§4.2), and K prefix embeddings for the frozen LM's input (Frozen)."""
 
@@ -586,7 +600,9 @@ class VisualEmbedder(nn.Module):
 
 class Temperature(nn.Module):
     """τ of §4.2, in one place: stored as log τ (so it stays positive under gradient steps),
-    initial value `initial`, clamped to τ >= 0.01 so that 1/τ <= 100 (CLIP's bound)."""
+    initial value `initial`, kept at τ >= 0.01 so that 1/τ <= 100 (CLIP's bound). The stored
+    value itself is clamped after each optimizer step (clamp_), as CLIP does, rather than the
+    output: a clamped output has zero gradient, and τ could never climb back."""
 
     MIN = 0.01
 
@@ -595,7 +611,11 @@ class Temperature(nn.Module):
         self.log_tau = nn.Parameter(torch.tensor(math.log(initial)), requires_grad=learn)
 
     def forward(self):
-        return self.log_tau.exp().clamp(min=self.MIN)
+        return self.log_tau.exp()
+
+    @torch.no_grad()
+    def clamp_(self):
+        self.log_tau.clamp_(min=math.log(self.MIN))
 
 
 def info_nce(image_emb, text_emb, temperature, symmetric=True, caption_ids=None):
@@ -647,10 +667,11 @@ def image_context(lm, tokenizer, prefix):
     return torch.cat([bos, prefix.to(bos.dtype)], dim=1)
 
 
-def caption_tokens(tokenizer, captions, context):
-    """Each caption as the ids of '\n caption \n', right-padded with IGNORE: (M, L)."""
+def caption_tokens(tokenizer, captions, max_tokens):
+    """Each caption as the ids of '\n caption \n' (at most max_tokens), right-padded with IGNORE:
+    (M, L)."""
     newline = tokenizer.encode("\n")
-    rows = [newline + tokenizer.encode(text)[:context - 2 * len(newline)] + newline
+    rows = [newline + tokenizer.encode(text)[:max_tokens - 2 * len(newline)] + newline
             for text in captions]
     return pad_rows(rows, IGNORE)
 
@@ -660,24 +681,29 @@ def prefix_loss(lm, tokenizer, prefix, tokens):
 
     prefix (B, K, C); tokens (B, L): '\n caption \n' padded with IGNORE. The LM is frozen but
     not detached: gradients flow through it into the prefix, and only the embedder learns."""
-    context = image_context(lm, tokenizer, prefix)                      # (B, 1 + K, C)
+    context_emb = image_context(lm, tokenizer, prefix)                  # (B, P = 1 + K, C)
     # IGNORE padding sits after the caption, where causal attention hides it: any id will do
-    hidden = lm(tokens.clamp(min=0), prefix=context)                    # (B, 1 + K + L, C)
-    P = context.shape[1]
+    hidden = lm(tokens.clamp(min=0), prefix=context_emb)                # (B, P + L, C)
+    P = context_emb.shape[1]
     logits = lm.logits(hidden[:, P:-1])           # state of token j predicts token j + 1: (B, L-1, V)
     return F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten(),
                            ignore_index=IGNORE)
 
 
 @torch.no_grad()
-def generate(lm, context, prompt, max_new_tokens, sample_temperature=0.0, generator=None):
+def generate(lm, context_emb, prompt, max_new_tokens, sample_temperature=0.0, generator=None):
     """Continue (B, P, C) context embeddings and (B, T) prompt ids by up to max_new_tokens.
 
     Greedy when sample_temperature is 0, else sampled from softmax(logits / sample_temperature).
-    Returns (B, max_new_tokens) new ids; callers cut each row at its first newline."""
+    Returns (B, n) new ids, n = max_new_tokens or fewer where the LM's context runs out; callers
+    cut each row at its first newline."""
+    room = lm.context - context_emb.shape[1] - prompt.shape[1] + 1     # the last needs no forward
+    if room < 1:
+        raise ValueError(f"{context_emb.shape[1]} + {prompt.shape[1]} positions leave no room in "
+                         f"the LM context of {lm.context}")
     ids = prompt
-    for _ in range(min(max_new_tokens, lm.context - context.shape[1] - prompt.shape[1])):
-        logits = lm.logits(lm(ids, prefix=context)[:, -1]).float()     # (B, V): the next token
+    for _ in range(min(max_new_tokens, room)):
+        logits = lm.logits(lm(ids, prefix=context_emb)[:, -1]).float() # (B, V): the next token
         if sample_temperature == 0:
             next_id = logits.argmax(dim=-1)
         else:
@@ -714,7 +740,8 @@ def align(embedder, temperature, lm, tokenizer, images, caption_index, captions,
     assert not trained & {id(p) for p in lm.parameters()}, "the frozen LM is in the optimizer"
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, cfg.steps))
     images, caption_index, text_emb = images.to(device), caption_index.to(device), text_emb.to(device)
-    tokens = caption_tokens(tokenizer, captions, lm.context - 1 - cfg.prefix_tokens).to(device)
+    room = lm.context - 1 - embedder.prefix_shape[0]                   # after <bos> and the prefix
+    tokens = caption_tokens(tokenizer, captions, room).to(device)
     generator = torch.Generator(device=device).manual_seed(seed)
     history = {"loss": [], "temperature": []}
     start = time.perf_counter()
@@ -733,6 +760,7 @@ def align(embedder, temperature, lm, tokenizer, images, caption_index, captions,
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        temperature.clamp_()
         schedule.step()
         if step % 20 == 0 or step == cfg.steps - 1:  # .item() waits for the device: log sparsely
             history["loss"].append((step, loss.item()))
@@ -751,15 +779,17 @@ def align(embedder, temperature, lm, tokenizer, images, caption_index, captions,
 # ------------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def image_embeddings(embedder, images, device, batch_size=1024):
-    """(N, 3, H, W) uint8 -> (N, C) unit-length image embeddings."""
+def embed_images(embedder, images, device, batch_size=1024):
+    """(N, 3, H, W) uint8 -> (N, C) unit-length image embeddings and (N, K, C) prefixes."""
     embedder.eval()
-    out = []
+    image_emb, prefixes = [], []
     for i in range(0, len(images), batch_size):
         with autocast(device):
-            out.append(embedder(images[i:i + batch_size].to(device))[0].float())
-    out = torch.cat(out)
-    return out / out.norm(dim=1, keepdim=True)
+            emb, prefix = embedder(images[i:i + batch_size].to(device))
+        image_emb.append(emb.float())
+        prefixes.append(prefix.float())
+    image_emb = torch.cat(image_emb)
+    return image_emb / image_emb.norm(dim=1, keepdim=True), torch.cat(prefixes)
 
 
 def retrieval_metrics(similarity, caption_index, ks=(1, 5, 10)):

@@ -8,6 +8,7 @@ Writes OUT/lm.pt, OUT/minivlp.pt (everything eval.py needs), OUT/config.json, OU
 """
 
 import argparse
+import math
 import sys
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -18,9 +19,9 @@ from PIL import Image
 
 from eval import Parser, evaluate, format_table
 from minivlp import (OBJECTIVES, AlignConfig, LMConfig, LanguageModel, Temperature, TextTower,
-                     VisualEmbedder, WorldConfig, align, describe_device, encode_corpus,
-                     fit_whitening, freeze, held_out_loss, make_corpus, make_split, make_world,
-                     pretrain_lm, save_checkpoint, save_json, text_features)
+                     VisualEmbedder, WorldConfig, align, encode_corpus, fit_whitening, freeze,
+                     held_out_loss, make_corpus, make_support_split, make_world, pretrain_lm,
+                     resolve_device, save_checkpoint, save_json, text_features)
 from tokenizer import Tokenizer
 
 # Each config dataclass becomes a group of flags; LM fields carry the prefix --lm- so that
@@ -28,11 +29,17 @@ from tokenizer import Tokenizer
 CONFIGS = {"world": (WorldConfig, ""), "lm": (LMConfig, "lm-"), "align": (AlignConfig, "")}
 
 
-def non_negative(kind):
+# Every number must be positive, except these, which may also be 0.
+MAY_BE_ZERO = {"warmup_steps", "weight_decay"}
+
+
+def number(kind, may_be_zero):
     def parse(text):
         value = kind(text)  # a ValueError here becomes argparse's 'invalid value' message
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"expected a value >= 0, got {text}")
+        if value < 0 or (value == 0 and not may_be_zero) or not math.isfinite(value):
+            raise argparse.ArgumentTypeError(
+                f"expected a {'non-negative' if may_be_zero else 'positive'} {kind.__name__}, "
+                f"got {text}")
         return value
     parse.__name__ = kind.__name__
     return parse
@@ -60,16 +67,23 @@ def build_parser():
                 flags.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction,
                                    default=field.default, help="(default: %(default)s)")
             else:
-                flags.add_argument(flag, dest=dest, type=non_negative(type(field.default)),
-                                   default=field.default, help="(default: %(default)s)")
+                kind = number(type(field.default), field.name in MAY_BE_ZERO)
+                flags.add_argument(flag, dest=dest, type=kind, default=field.default,
+                                   help="(default: %(default)s)")
     return parser
 
 
 def parse_configs(argv):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     configs = {group: config_class(**{f.name: getattr(args, f"{group}.{f.name}")
                                       for f in fields(config_class)})
                for group, (config_class, _) in CONFIGS.items()}
+    world_cfg, lm_cfg = configs["world"], configs["lm"]
+    if lm_cfg.width % lm_cfg.heads:
+        parser.error(f"--lm-width {lm_cfg.width} must be a multiple of --lm-heads {lm_cfg.heads}")
+    if world_cfg.image_size % 8:
+        parser.error(f"--image-size {world_cfg.image_size} must be a multiple of 8 (three 2x poolings)")
     return args, configs
 
 
@@ -123,7 +137,7 @@ def save_examples(split, out, count=4):
 def main(argv=None):
     args, configs = parse_configs(argv)
     world_cfg, lm_cfg, align_cfg = configs["world"], configs["lm"], configs["align"]
-    device = describe_device(args.device)
+    device = resolve_device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     run_config = {"seed": args.seed, "text_tower": args.text_tower, "objective": args.objective,
@@ -147,7 +161,7 @@ def main(argv=None):
                       history={"lm": lm_history, "align": align_history})
     save_checkpoint(checkpoint, out / "minivlp.pt")
 
-    support = make_split(200, world_cfg.image_size, (args.seed, 4), held_out=False)
+    support = make_support_split(world_cfg, args.seed)
     metrics = evaluate(embedder, tower, {name: world[name] for name in world if name != "train"},
                        support, device, args.objective)
     save_json(metrics, out / "metrics.json")

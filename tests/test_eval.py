@@ -7,13 +7,12 @@ from minivlp import COLOURS, POSITIONS, SHAPES, SIZES, Scene, caption, retrieval
 
 
 def brute_force_ranks(similarity, caption_index):
-    """Ranks by sorting, one row at a time, with plain Python lists."""
+    """Ranks by counting, one row at a time, with plain Python lists."""
     N, M = len(similarity), len(similarity[0])
     image_ranks = []
     for i in range(N):
-        order = sorted(range(M), key=lambda j: -similarity[i][j])
-        # the right caption's place, ties counted in the model's favour
-        better = [j for j in order if similarity[i][j] > similarity[i][caption_index[i]]]
+        # the right caption's place: 1 + the captions scored strictly higher (ties favour the model)
+        better = [j for j in range(M) if similarity[i][j] > similarity[i][caption_index[i]]]
         image_ranks.append(len(better) + 1)
     text_ranks = []
     for j in range(M):

@@ -107,5 +107,23 @@ def test_temperature_is_clamped_so_that_its_inverse_stays_at_most_100():
     assert temperature().item() == pytest.approx(0.07)
     with torch.no_grad():
         temperature.log_tau.fill_(math.log(1e-4))
+    temperature.clamp_()
     assert 1 / temperature().item() == pytest.approx(100.0)
+    # the clamp acts on the stored value, so the gradient still reaches it afterwards
+    temperature().backward()
+    assert temperature.log_tau.grad.item() == pytest.approx(0.01)
     assert not Temperature(0.07, learn=False).log_tau.requires_grad
+
+
+def test_the_documents_worked_example_of_two_pairs():
+    """§4.3: two pairs, v1 (yellow puppy image) meets t1 (its caption), v2 (red car) meets t2.
+    With orthogonal unit vectors, sim(v_i, t_i) = 1 and sim(v_i, t_j) = 0, so by hand
+        L_i = -log( e^(1/τ) / (e^(1/τ) + e^0) ) = log(1 + e^(-1/τ))   for both i;
+    at τ = 1 that is log(1 + 1/e) = 0.31326. Matching each image to the other caption instead
+    gives log(1 + e^(1/τ)) = 1.31326: the loss is low only when each image meets its own caption."""
+    puppy, car = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    images, captions = torch.stack([puppy, car]), torch.stack([puppy, car])
+    assert info_nce(images, captions, 1.0).item() == pytest.approx(math.log(1 + math.exp(-1)))
+    assert info_nce(images, captions.flip(0), 1.0).item() == pytest.approx(math.log(1 + math.e))
+    # a lower temperature sharpens the contrast: the right matching costs almost nothing
+    assert info_nce(images, captions, 0.1).item() == pytest.approx(math.log(1 + math.exp(-10)), abs=1e-6)

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from eval import bleu4, parse_caption
+from eval import answer, answer_length, bleu4, first_line, parse_caption
 from minivlp import (IGNORE, LanguageModel, LMConfig, Scene, VisualEmbedder, caption_tokens, freeze,
-                     generate, image_context, prefix_loss)
+                     generate, prefix_loss)
 from tokenizer import Tokenizer
 
 TINY = LMConfig(vocab_size=280, context=32, width=32, depth=2, heads=4)
@@ -90,7 +90,7 @@ def test_captioning_gradients_reach_the_embedder_and_leave_the_lm_unchanged(toke
 def counting_lm():
     """A hand-built LM whose next token is always the current token + 1 (mod 8).
 
-    token_emb = 3 * identity, so token i is the one-hot e_i; attention is switched off (zero
+    token_emb = 3 * identity, so token i is 3 e_i (e_i one-hot); attention is switched off (zero
     output projection); the MLP maps e_i to 10 * e_(i+1) (identity in, shift matrix out), which
     outweighs the residual e_i; the tied head then scores token i + 1 highest."""
     lm = LanguageModel(LMConfig(vocab_size=8, context=16, width=8, depth=1, heads=2))
@@ -121,14 +121,22 @@ def test_greedy_decoding_of_a_hand_built_model_counts_and_is_deterministic():
 
 def test_generation_stops_at_the_context_length():
     lm = counting_lm()
-    context = lm.token_emb(torch.tensor([[0]] * 1)).expand(1, 10, -1)   # 10 of 16 positions used
-    assert generate(lm, context, torch.tensor([[1]]), 50).shape == (1, 5)
+    context_emb = lm.token_emb(torch.tensor([[0]])).expand(1, 10, -1)   # 10 of 16 positions used
+    # 1 prompt token: the LM reads at most 16 positions, so 6 new tokens (the 6th needs no forward)
+    assert torch.equal(generate(lm, context_emb, torch.tensor([[1]]), 50),
+                       torch.tensor([[2, 3, 4, 5, 6, 7]]))
+    with pytest.raises(ValueError, match="no room"):
+        generate(lm, lm.token_emb(torch.tensor([[0]])).expand(1, 16, -1), torch.tensor([[1]]), 5)
 
 
-def test_image_context_puts_bos_first(tokenizer):
-    lm = LanguageModel(TINY)
-    prefix = torch.randn(2, 3, TINY.width)
-    context = image_context(lm, tokenizer, prefix)
-    assert context.shape == (2, 4, TINY.width)
-    assert torch.equal(context[:, 0], lm.token_emb.weight[tokenizer.bos_id].expand(2, -1))
-    assert torch.equal(context[:, 1:], prefix)
+def test_answers_come_back_in_question_order_whatever_the_batching(tokenizer):
+    torch.manual_seed(0)
+    lm = freeze(LanguageModel(TINY))
+    questions = ["how many objects are there?", "what colour is the circle?", "where is it?",
+                 "is there a red square?", "how many objects are there?"]
+    contexts = [torch.randn(1 + k % 3, TINY.width) for k in range(len(questions))]
+    batched = answer(lm, tokenizer, contexts, questions, batch_size=2)
+    for context_emb, question, got in zip(contexts, questions, batched):
+        ids = torch.tensor([tokenizer.encode(f"\nq: {question} a:")])
+        alone = generate(lm, context_emb[None], ids, answer_length(tokenizer))[0].tolist()
+        assert got == first_line(tokenizer, alone)
