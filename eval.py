@@ -152,9 +152,14 @@ def solved_examples(lm, tokenizer, support_prefixes, support_scenes, kind, shots
 @torch.no_grad()
 def prefix_metrics(lm, tokenizer, prefixes, scenes, support_prefixes, support_scenes, shots=2,
                    seed=0):
-    """Captioning (exact match, per-attribute accuracy, BLEU-4) and VQA accuracy per question kind:
-    with the image (zero-shot: the prefix never saw a question), blind (no image), and few-shot
-    (up to `shots` solved examples of the same kind of question first, as many as fit)."""
+    """Captioning (exact match, per-attribute accuracy, BLEU-4) and VQA accuracy per question kind,
+    in four settings (the prefix never saw a question: all are zero-shot but the last):
+      vqa_acc           '<bos> [image] \n q: ... a:' (Frozen)
+      vqa_describe_acc  '<bos> [image] \n CAPTION \n q: ... a:', CAPTION the LM's own caption of
+                        the image: the LM answers from what it said (describe, then answer)
+      vqa_blind_acc     '<bos> \n q: ... a:', no image: what the LM's prior alone gets right
+      vqa_fewshot_acc   up to `shots` solved examples of the same kind of question first
+                        (as many as fit in the LM's context), then the vqa_acc prompt"""
     generated = describe(lm, tokenizer, prefixes)
     parsed = [parse_caption(text) for text in generated]
     metrics = {"caption_exact_match": float(np.mean([p == s for p, s in zip(parsed, scenes)])),
@@ -172,9 +177,13 @@ def prefix_metrics(lm, tokenizer, prefixes, scenes, support_prefixes, support_sc
     blind = lm.token_emb.weight[tokenizer.bos_id][None]                        # (1, C): <bos> only
     longest_query = with_image.shape[1] + max(
         len(tokenizer.encode(f"\nq: {q} a:")) for _, q, _, _ in asked) + answer_length(tokenizer) - 1
+    room = lm.context - longest_query                  # positions left for what precedes a query
+    said = [lm.token_emb(torch.tensor(tokenizer.encode(f"\n{text}")[:room], device=prefixes.device))
+            for text in generated]                                             # (L_i, C) each
     examples = {kind: solved_examples(lm, tokenizer, support_prefixes, support_scenes, kind, shots,
-                                      lm.context - longest_query, rng) for kind in kinds}
+                                      room, rng) for kind in kinds}
     settings = {"vqa_acc": [with_image[i] for i, *_ in asked],
+                "vqa_describe_acc": [torch.cat([with_image[i], said[i]]) for i, *_ in asked],
                 "vqa_blind_acc": [blind] * len(asked),
                 "vqa_fewshot_acc": [torch.cat([examples[kind][0], with_image[i]])
                                     for i, _, _, kind in asked]}
@@ -240,7 +249,8 @@ def format_table(results):
     """Retrieval, captioning and VQA tables, one row per split (VQA: one per setting)."""
     text = table("retrieval / zero-shot", RETRIEVAL_COLUMNS, list(results.items()))
     text += table("captioning", CAPTION_COLUMNS, list(results.items()))
-    settings = {"with image": "vqa_acc", "blind": "vqa_blind_acc", "2-shot": "vqa_fewshot_acc"}
+    settings = {"with image": "vqa_acc", "describe+answer": "vqa_describe_acc",
+                "blind": "vqa_blind_acc", "few-shot": "vqa_fewshot_acc"}
     vqa_rows = [(f"{name} {setting}", {kind: metrics[f"{prefix}_{kind}"] for kind in VQA_KINDS})
                 for name, metrics in results.items() if "vqa_acc_colour" in metrics
                 for setting, prefix in settings.items()]
