@@ -151,15 +151,18 @@ def solved_examples(lm, tokenizer, support_prefixes, support_scenes, kind, shots
 
 @torch.no_grad()
 def prefix_metrics(lm, tokenizer, prefixes, scenes, support_prefixes, support_scenes, shots=2,
-                   seed=0):
+                   vqa_images=500, seed=0):
     """Captioning (exact match, per-attribute accuracy, BLEU-4) and VQA accuracy per question kind,
-    in four settings (the prefix never saw a question: all are zero-shot but the last):
+    on the first `vqa_images` images, in five settings (the prefix never saw a question: all are
+    zero-shot but few-shot):
       vqa_acc           '<bos> [image] \n q: ... a:' (Frozen)
       vqa_describe_acc  '<bos> [image] \n CAPTION \n q: ... a:', CAPTION the LM's own caption of
                         the image: the LM answers from what it said (describe, then answer)
       vqa_blind_acc     '<bos> \n q: ... a:', no image: what the LM's prior alone gets right
       vqa_fewshot_acc   up to `shots` solved examples of the same kind of question first
-                        (as many as fit in the LM's context), then the vqa_acc prompt"""
+                        (as many as fit in the LM's context), then the vqa_acc prompt
+      vqa_text_acc      '<bos> TRUE CAPTION \n q: ... a:', no image: the LM's own ceiling, how
+                        well it answers from a perfect description"""
     generated = describe(lm, tokenizer, prefixes)
     parsed = [parse_caption(text) for text in generated]
     metrics = {"caption_exact_match": float(np.mean([p == s for p, s in zip(parsed, scenes)])),
@@ -171,22 +174,26 @@ def prefix_metrics(lm, tokenizer, prefixes, scenes, support_prefixes, support_sc
         metrics[f"caption_acc_{name}"] = float(np.mean(scored))
 
     rng = np.random.default_rng(seed)
-    asked = [(i, q, a, kind) for i, scene in enumerate(scenes) for q, a, kind in questions(scene, rng)]
+    asked = [(i, q, a, kind) for i, scene in enumerate(scenes[:vqa_images])
+             for q, a, kind in questions(scene, rng)]
     kinds = sorted({kind for *_, kind in asked})
     with_image = image_context(lm, tokenizer, prefixes)                        # (N, 1 + K, C)
     blind = lm.token_emb.weight[tokenizer.bos_id][None]                        # (1, C): <bos> only
     longest_query = with_image.shape[1] + max(
         len(tokenizer.encode(f"\nq: {q} a:")) for _, q, _, _ in asked) + answer_length(tokenizer) - 1
     room = lm.context - longest_query                  # positions left for what precedes a query
-    said = [lm.token_emb(torch.tensor(tokenizer.encode(f"\n{text}")[:room], device=prefixes.device))
-            for text in generated]                                             # (L_i, C) each
+    embed_text = lambda text: lm.token_emb(torch.tensor(tokenizer.encode(text)[:room],
+                                                        device=prefixes.device))  # (L, C)
+    said = [embed_text(f"\n{text}") for text in generated[:vqa_images]]
+    true_text = [torch.cat([blind, embed_text(caption(scene))]) for scene in scenes[:vqa_images]]
     examples = {kind: solved_examples(lm, tokenizer, support_prefixes, support_scenes, kind, shots,
                                       room, rng) for kind in kinds}
     settings = {"vqa_acc": [with_image[i] for i, *_ in asked],
                 "vqa_describe_acc": [torch.cat([with_image[i], said[i]]) for i, *_ in asked],
                 "vqa_blind_acc": [blind] * len(asked),
                 "vqa_fewshot_acc": [torch.cat([examples[kind][0], with_image[i]])
-                                    for i, _, _, kind in asked]}
+                                    for i, _, _, kind in asked],
+                "vqa_text_acc": [true_text[i] for i, *_ in asked]}
     for setting, contexts in settings.items():
         answers = answer(lm, tokenizer, contexts, [q for _, q, _, _ in asked])
         for kind in kinds:
@@ -236,11 +243,13 @@ VQA_KINDS = ["colour", "shape", "count", "position", "exists"]
 def table(title, columns, rows):
     """rows: [(label, {key: value})] -> a plain-text table of the columns present."""
     columns = [(name, key) for name, key in columns if any(key in values for _, values in rows)]
-    rows = [(label, values) for label, values in rows if all(key in values for _, key in columns)]
-    if not columns or not rows:
+    rows = [(label, values) for label, values in rows if any(key in values for _, key in columns)]
+    if not rows:
         return ""
-    lines = [f"{title:<24}" + "".join(f"{name:>12}" for name, _ in columns)]
-    lines += [f"{label:<24}" + "".join(f"{values[key]:>12.3f}" for _, key in columns)
+    cell = lambda values, key: f"{values[key]:>12.3f}" if key in values else f"{'-':>12}"
+    width = max(len(label) for label, _ in [(title, None), *rows]) + 2
+    lines = [f"{title:<{width}}" + "".join(f"{name:>12}" for name, _ in columns)]
+    lines += [f"{label:<{width}}" + "".join(cell(values, key) for _, key in columns)
               for label, values in rows]
     return "\n".join(lines) + "\n"
 
@@ -249,8 +258,9 @@ def format_table(results):
     """Retrieval, captioning and VQA tables, one row per split (VQA: one per setting)."""
     text = table("retrieval / zero-shot", RETRIEVAL_COLUMNS, list(results.items()))
     text += table("captioning", CAPTION_COLUMNS, list(results.items()))
-    settings = {"with image": "vqa_acc", "describe+answer": "vqa_describe_acc",
-                "blind": "vqa_blind_acc", "few-shot": "vqa_fewshot_acc"}
+    settings = {"image": "vqa_acc", "image, own caption": "vqa_describe_acc",
+                "blind": "vqa_blind_acc", "image, 2 examples first": "vqa_fewshot_acc",
+                "true caption, no image": "vqa_text_acc"}
     vqa_rows = [(f"{name} {setting}", {kind: metrics[f"{prefix}_{kind}"] for kind in VQA_KINDS})
                 for name, metrics in results.items() if "vqa_acc_colour" in metrics
                 for setting, prefix in settings.items()]
