@@ -510,9 +510,9 @@ def text_features(lm, tokenizer, texts, device, batch_size=512):
     restatement picks 'red' or 'crimson' at random. On the first reading the LM cannot know what
     comes next, and its states hold little beyond the grammar. Measured on the default run with
     tests/benchmarks/text_features.py: text -> text R@1 from synonym captions to plain ones is
-    0.09 with the mean over one reading, 0.04 with the end-of-text state, 0.63 with this
-    re-reading, which also leaves captions further apart (nearest-caption cosine 0.86 against
-    0.99 and 0.96). Padding sits on the right, where causal attention keeps it from
+    0.03 with the mean over one reading, 0.02 with the end-of-text state, 0.52 with this
+    re-reading, which also leaves captions further apart (nearest-caption cosine 0.88 against
+    0.98 and 0.98). Padding sits on the right, where causal attention keeps it from
     touching the real tokens."""
     newline = tokenizer.encode("\n")
     longest = (lm.context - 1 - len(newline)) // 2                    # both readings must fit
@@ -714,7 +714,7 @@ def generate(lm, context_emb, prompt, max_new_tokens, sample_temperature=0.0, ge
 
 
 # ------------------------------------------------------------------------------------------------
-# 7. Alignment (§3.2 step 3): train the visual embedder against the frozen LM's text features.
+# 7. Alignment (§3.2 step 3): train only the visual embedder, against the frozen LM.
 # ------------------------------------------------------------------------------------------------
 
 OBJECTIVES = ("contrastive", "prefix", "both")
