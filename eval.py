@@ -3,15 +3,18 @@
     python eval.py --ckpt out/minivlp.pt [--json metrics.json]      # every metric, every split
     python eval.py --ckpt out/minivlp.pt --caption IMAGE.png         # describe an image
     python eval.py --ckpt out/minivlp.pt --ask IMAGE.png "what colour is the circle?"
+    python eval.py --compare out/locked/metrics.json out/random/metrics.json   # side by side
 
 Retrieval both ways and zero-shot accuracy (contrastive head); captioning and visual question
 answering through the frozen LM (prefix head), with the same LM answering blind as the baseline.
 """
 
 import argparse
+import json
 import math
 import sys
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -268,6 +271,44 @@ def format_table(results):
     return text.rstrip("\n")
 
 
+def compare(paths):
+    """metrics.json files written by train.py -> one row per run, the columns of the ablation."""
+    mean = lambda values: sum(values) / len(values)
+    columns = [
+        ("trainable", lambda m: f"{m['run']['trainable_parameters']:,}"),
+        ("wall s", lambda m: f"{m['run']['wall_seconds']:.0f}"),
+        ("img/s", lambda m: f"{m['run']['align_images_per_s']:,.0f}"),
+        ("test i→t", lambda m: f"{m['test']['image_to_text_R@1']:.3f}"),
+        ("test t→i", lambda m: f"{m['test']['text_to_image_R@1']:.3f}"),
+        ("comp i→t", lambda m: f"{m['compositional']['image_to_text_R@1']:.3f}"),
+        ("comp t→i", lambda m: f"{m['compositional']['text_to_image_R@1']:.3f}"),
+        ("para i→t", lambda m: f"{m['paraphrase']['image_to_text_R@1']:.3f}"),
+        ("zero-shot", lambda m: f"{mean([m['test'][f'zeroshot_{a}_acc'] for a in ('colour', 'shape', 'size', 'position')]):.3f}"),
+        ("caption", lambda m: f"{m['test']['caption_exact_match']:.3f}"),
+        ("VQA", lambda m: f"{mean([m['test'][f'vqa_describe_acc_{k}'] for k in VQA_KINDS]):.3f}"),
+        ("VQA blind", lambda m: f"{mean([m['test'][f'vqa_blind_acc_{k}'] for k in VQA_KINDS]):.3f}"),
+    ]
+    rows = []
+    for path in paths:
+        try:
+            metrics = json.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ValueError(f"{path}: no such metrics file") from None
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not JSON ({error})") from None
+        cells = []
+        for _, cell in columns:
+            try:
+                cells.append(cell(metrics))
+            except KeyError:  # a run without that head (e.g. --objective contrastive)
+                cells.append("-")
+        rows.append((metrics.get("run", {}).get("text_tower", Path(path).parent.name), cells))
+    width = max(len("run"), *(len(label) for label, _ in rows)) + 2
+    lines = [f"{'run':<{width}}" + "".join(f"{name:>11}" for name, _ in columns)]
+    lines += [f"{label:<{width}}" + "".join(f"{cell:>11}" for cell in cells) for label, cells in rows]
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------------------------
 # Command line.
 # ------------------------------------------------------------------------------------------------
@@ -298,7 +339,9 @@ def read_image(path, image_size):
 
 def main(argv=None):
     parser = Parser(prog="eval.py", description=__doc__.split("\n")[0])
-    parser.add_argument("--ckpt", required=True, help="a checkpoint written by train.py")
+    parser.add_argument("--ckpt", help="a checkpoint written by train.py")
+    parser.add_argument("--compare", nargs="+", metavar="METRICS_JSON",
+                        help="print runs side by side from their metrics.json files")
     parser.add_argument("--json", help="where to write the metrics (default: none)")
     parser.add_argument("--caption", metavar="IMAGE", help="print a caption for this image file")
     parser.add_argument("--ask", nargs=2, metavar=("IMAGE", "QUESTION"),
@@ -307,6 +350,11 @@ def main(argv=None):
                         help="captioning: 0 decodes greedily, above 0 samples (default: 0)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     args = parser.parse_args(argv)
+    if args.compare:
+        print(compare(args.compare))
+        return
+    if not args.ckpt:
+        parser.error("give --ckpt CHECKPOINT (or --compare METRICS_JSON ...)")
     device = resolve_device(args.device)
     checkpoint = load_checkpoint(args.ckpt)
     if "embedder" not in checkpoint:

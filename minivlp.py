@@ -500,6 +500,25 @@ def pad_rows(rows, pad_id):
     return ids
 
 
+def reread_tokens(tokenizer, texts, context):
+    """Texts -> (M, T) ids of '<bos> T \\n T', right-padded, and (M, T) weights, 1 on the second T."""
+    newline = tokenizer.encode("\n")
+    longest = (context - 1 - len(newline)) // 2                        # both readings must fit
+    encoded = [tokenizer.encode(text)[:longest] for text in texts]
+    ids = pad_rows([[tokenizer.bos_id] + e + newline + e for e in encoded], tokenizer.pad_id)
+    weights = torch.zeros(ids.shape)
+    for row, e in enumerate(encoded):
+        weights[row, 1 + len(e) + len(newline):1 + 2 * len(e) + len(newline)] = 1
+    return ids, weights
+
+
+def reread_features(lm, ids, weights):
+    """(B, T) ids and weights -> (B, C): the mean of the LM's final states where weights are 1."""
+    hidden = lm(ids).float()                                            # (B, T, C)
+    weights = weights.unsqueeze(-1)                                     # (B, T, 1)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)      # (B, C)
+
+
 @torch.no_grad()
 def text_features(lm, tokenizer, texts, device, batch_size=512):
     """h(T; θl) of §4.1: one (C,) vector per text, read from the frozen LM.
@@ -514,20 +533,12 @@ def text_features(lm, tokenizer, texts, device, batch_size=512):
     re-reading, which also leaves captions further apart (nearest-caption cosine 0.88 against
     0.98 and 0.98). Padding sits on the right, where causal attention keeps it from
     touching the real tokens."""
-    newline = tokenizer.encode("\n")
-    longest = (lm.context - 1 - len(newline)) // 2                    # both readings must fit
+    ids, weights = reread_tokens(tokenizer, texts, lm.context)          # (M, T), (M, T)
     features = []
     for i in range(0, len(texts), batch_size):
-        encoded = [tokenizer.encode(text)[:longest] for text in texts[i:i + batch_size]]
-        ids = pad_rows([[tokenizer.bos_id] + e + newline + e for e in encoded],
-                       tokenizer.pad_id).to(device)                     # (B, T)
-        second = torch.zeros(ids.shape, device=device)                  # (B, T): 1 on the 2nd T
-        for row, e in enumerate(encoded):
-            second[row, 1 + len(e) + len(newline):1 + 2 * len(e) + len(newline)] = 1
         with autocast(device):
-            hidden = lm(ids).float()                                    # (B, T, C)
-        weights = second.unsqueeze(-1)                                  # (B, T, 1)
-        features.append((hidden * weights).sum(1) / weights.sum(1).clamp(min=1))  # (B, C)
+            features.append(reread_features(lm, ids[i:i + batch_size].to(device),
+                                            weights[i:i + batch_size].to(device)))
     return torch.cat(features)                                          # (M, C)
 
 
@@ -548,7 +559,7 @@ def fit_whitening(features):
 
 
 class TextTower:
-    """The frozen side of §4.1: texts -> h(T) -> fixed whitening -> (M, C) text embeddings t."""
+    """The text side of §4.1: texts -> h(T) -> fixed whitening -> (M, C) text embeddings t."""
 
     def __init__(self, lm, tokenizer, mean, matrix, device):
         self.lm, self.tokenizer, self.device = lm, tokenizer, device
@@ -557,6 +568,10 @@ class TextTower:
     def __call__(self, texts):
         features = text_features(self.lm, self.tokenizer, texts, self.device)   # (M, C)
         return (features - self.mean) @ self.matrix                     # (M, C) @ (C, C)
+
+    def embed_tokens(self, ids, weights):
+        """The same from reread_tokens' output, with gradients: for a text tower that learns."""
+        return (reread_features(self.lm, ids, weights) - self.mean) @ self.matrix
 
 
 # ------------------------------------------------------------------------------------------------
@@ -720,26 +735,36 @@ def generate(lm, context_emb, prompt, max_new_tokens, sample_temperature=0.0, ge
 OBJECTIVES = ("contrastive", "prefix", "both")
 
 
-def align(embedder, temperature, lm, tokenizer, images, caption_index, captions, text_emb,
-          cfg, objective, device, seed):
-    """Train only the embedder (and a learned τ) against the frozen LM.
+def align(embedder, temperature, tower, images, caption_index, captions, cfg, objective, device,
+          seed, train_lm=False):
+    """Train the embedder (and a learned τ) against the LM of the text tower.
 
     contrastive  InfoNCE between g(I_i) and t_i (§4.2)
-    prefix       next-token loss of caption i given the image's prefix, through the frozen LM
+    prefix       next-token loss of caption i given the image's prefix, through the LM
     both         the sum of the two, one trunk with two heads
 
-    images (N, 3, H, W) uint8; caption_index (N,) into the M distinct `captions`; text_emb
-    (M, C): the frozen tower's embedding of each caption, computed once before this loop, since
-    a frozen tower's outputs are constants."""
+    images (N, 3, H, W) uint8; caption_index (N,) into the M distinct `captions`. With the LM
+    frozen (the method), each caption's text embedding is computed once before the loop, since a
+    frozen tower's outputs are constants. train_lm=True is the ablation that trains the LM too
+    (LiT's 'unlocked' tower, Frozen's 'fine-tuned'): the text embeddings are then recomputed every
+    step, and the LM is frozen again at the end, for evaluation."""
     assert objective in OBJECTIVES, objective
+    lm, tokenizer = tower.lm, tower.tokenizer
     embedder.to(device).train()
     temperature.to(device)
-    optimizer = adamw(list(embedder.parameters()) + list(temperature.parameters()), cfg.lr,
-                      cfg.weight_decay, device)
-    trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    assert not trained & {id(p) for p in lm.parameters()}, "the frozen LM is in the optimizer"
+    trained = list(embedder.parameters()) + list(temperature.parameters())
+    if train_lm:
+        trained += list(lm.requires_grad_(True).train().parameters())
+    optimizer = adamw(trained, cfg.lr, cfg.weight_decay, device)
+    if not train_lm:
+        in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        assert not in_optimizer & {id(p) for p in lm.parameters()}, "the frozen LM is in the optimizer"
+        text_emb = tower(captions)                                      # (M, C), once
+    else:
+        reread_ids, reread_weights = (t.to(device) for t in reread_tokens(tokenizer, captions,
+                                                                          lm.context))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, cfg.steps))
-    images, caption_index, text_emb = images.to(device), caption_index.to(device), text_emb.to(device)
+    images, caption_index = images.to(device), caption_index.to(device)
     room = lm.context - 1 - embedder.prefix_shape[0]                   # after <bos> and the prefix
     tokens = caption_tokens(tokenizer, captions, room).to(device)
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -754,8 +779,12 @@ def align(embedder, temperature, lm, tokenizer, images, caption_index, captions,
             image_emb, prefix = embedder(images[batch])                 # (B, C), (B, K, C)
             if objective != "contrastive":
                 loss = prefix_loss(lm, tokenizer, prefix, tokens[caption_ids])
+            if objective != "prefix" and train_lm:
+                text_batch = tower.embed_tokens(reread_ids[caption_ids], reread_weights[caption_ids])
         if objective != "prefix":  # outside autocast: the loss in float32
-            loss = loss + info_nce(image_emb.float(), text_emb[caption_ids], temperature(),
+            if not train_lm:
+                text_batch = text_emb[caption_ids]                      # (B, C)
+            loss = loss + info_nce(image_emb.float(), text_batch.float(), temperature(),
                                    caption_ids=caption_ids)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -771,6 +800,7 @@ def align(embedder, temperature, lm, tokenizer, images, caption_index, captions,
     history["seconds"] = time.perf_counter() - start
     history["images_per_s"] = cfg.steps * cfg.batch_size / history["seconds"]
     embedder.eval()
+    freeze(lm)
     return history
 
 

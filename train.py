@@ -3,6 +3,7 @@
     python train.py                        # every stage on the built-in shapes world
     python train.py --stage lm             # only the tokenizer and the LM (writes OUT/lm.pt)
     python train.py --text-tower random    # the LM frozen at random initialisation, to compare
+    python eval.py --compare out/*/metrics.json   # runs side by side (see the README's table)
 
 Writes OUT/lm.pt, OUT/minivlp.pt (everything eval.py needs), OUT/config.json, OUT/metrics.json.
 """
@@ -10,6 +11,7 @@ Writes OUT/lm.pt, OUT/minivlp.pt (everything eval.py needs), OUT/config.json, OU
 import argparse
 import math
 import sys
+import time
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -28,6 +30,10 @@ from tokenizer import Tokenizer
 # --lm-steps (pretraining) and --steps (alignment) cannot be confused.
 CONFIGS = {"world": (WorldConfig, ""), "lm": (LMConfig, "lm-"), "align": (AlignConfig, "")}
 
+
+TEXT_TOWERS = ["locked", "random", "finetune", "scratch"]
+PRETRAINED = {"locked", "finetune"}      # towers whose LM is pretrained on the text corpus
+LEARNING = {"finetune", "scratch"}       # towers whose LM keeps learning during alignment
 
 # Every number must be positive, except these, which may also be 0.
 MAY_BE_ZERO = {"warmup_steps", "weight_decay"}
@@ -49,9 +55,11 @@ def build_parser():
     parser = Parser(prog="train.py", description=__doc__.split("\n")[0])
     parser.add_argument("--stage", choices=["all", "lm"], default="all",
                         help="all: every stage; lm: tokenizer and LM only (default: %(default)s)")
-    parser.add_argument("--text-tower", choices=["locked", "random"], default="locked",
+    parser.add_argument("--text-tower", choices=TEXT_TOWERS, default="locked",
                         help="locked: pretrained, then frozen (the method); random: frozen at "
-                             "random initialisation (default: %(default)s)")
+                             "random initialisation; finetune: pretrained, then trained with the "
+                             "embedder; scratch: random, then trained with the embedder "
+                             "(default: %(default)s)")
     parser.add_argument("--objective", choices=OBJECTIVES, default="both",
                         help="contrastive: InfoNCE only; prefix: captioning loss through the "
                              "frozen LM only; both: their sum (default: %(default)s)")
@@ -96,7 +104,7 @@ def pretrain_stage(lm_cfg, world_cfg, text_tower, device, seed):
     held_out_stream = encode_corpus(tokenizer, corpus[:held_out])
     torch.manual_seed(seed)
     lm = LanguageModel(lm_cfg).to(device)
-    if text_tower == "locked":
+    if text_tower in PRETRAINED:
         history = pretrain_lm(lm, train_stream, held_out_stream, lm_cfg, device, seed)
         print(f"LM: {lm_cfg.steps} steps in {history['seconds']:.1f} s, "
               f"{history['tokens_per_s']:,.0f} tokens/s, held-out loss {history['held_out_loss']:.3f} "
@@ -107,18 +115,18 @@ def pretrain_stage(lm_cfg, world_cfg, text_tower, device, seed):
     return tokenizer, freeze(lm), history
 
 
-def align_stage(tokenizer, lm, world_cfg, lm_cfg, align_cfg, objective, device, seed):
-    """§3.2 steps 2-3: the frozen tower's text embeddings, then train the embedder."""
+def align_stage(tokenizer, lm, world_cfg, lm_cfg, align_cfg, objective, text_tower, device, seed):
+    """§3.2 steps 2-3: the text tower (LM + fixed whitening), then train the embedder."""
     world = make_world(world_cfg, seed)
     train = world["train"]
     mean, matrix = fit_whitening(text_features(lm, tokenizer, train.captions, device))
     tower = TextTower(lm, tokenizer, mean, matrix, device)
-    text_emb = tower(train.captions)                                    # (M, C), computed once
     torch.manual_seed(seed)
     embedder = VisualEmbedder(world_cfg.image_size, lm_cfg.width, align_cfg.prefix_tokens)
     temperature = Temperature(align_cfg.temperature, align_cfg.learn_temperature)
-    history = align(embedder, temperature, lm, tokenizer, train.images, train.caption_index,
-                    train.captions, text_emb, align_cfg, objective, device, seed)
+    history = align(embedder, temperature, tower, train.images, train.caption_index,
+                    train.captions, align_cfg, objective, device, seed,
+                    train_lm=text_tower in LEARNING)
     print(f"alignment: {align_cfg.steps} steps in {history['seconds']:.1f} s, "
           f"{history['images_per_s']:,.0f} images/s, final τ {temperature().item():.4f}")
     return world, tower, embedder, temperature, history
@@ -135,6 +143,7 @@ def save_examples(split, out, count=4):
 
 
 def main(argv=None):
+    start = time.perf_counter()
     args, configs = parse_configs(argv)
     world_cfg, lm_cfg, align_cfg = configs["world"], configs["lm"], configs["align"]
     device = resolve_device(args.device)
@@ -155,8 +164,10 @@ def main(argv=None):
         return
 
     world, tower, embedder, temperature, align_history = align_stage(
-        tokenizer, lm, world_cfg, lm_cfg, align_cfg, args.objective, device, args.seed)
-    checkpoint.update(embedder=embedder.state_dict(), temperature=temperature().item(),
+        tokenizer, lm, world_cfg, lm_cfg, align_cfg, args.objective, args.text_tower, device,
+        args.seed)
+    checkpoint.update(lm=lm.state_dict(),  # unchanged for a frozen tower, trained otherwise
+                      embedder=embedder.state_dict(), temperature=temperature().item(),
                       whitening_mean=tower.mean.cpu(), whitening_matrix=tower.matrix.cpu(),
                       history={"lm": lm_history, "align": align_history})
     save_checkpoint(checkpoint, out / "minivlp.pt")
@@ -164,6 +175,13 @@ def main(argv=None):
     support = make_support_split(world_cfg, args.seed)
     metrics = evaluate(embedder, tower, {name: world[name] for name in world if name != "train"},
                        support, device, args.objective)
+    trainable = sum(p.numel() for p in embedder.parameters()) + int(align_cfg.learn_temperature)
+    if args.text_tower in LEARNING:
+        trainable += sum(p.numel() for p in lm.parameters())
+    metrics["run"] = {"text_tower": args.text_tower, "objective": args.objective,
+                      "device": str(device), "wall_seconds": time.perf_counter() - start,
+                      "align_images_per_s": align_history["images_per_s"],
+                      "trainable_parameters": trainable}
     save_json(metrics, out / "metrics.json")
     print(format_table(metrics))
     print(f"wrote {out / 'minivlp.pt'}, {out / 'metrics.json'} and example images:")

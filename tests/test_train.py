@@ -122,29 +122,41 @@ def test_a_pickled_checkpoint_is_refused_by_eval(tmp_path):
     assert result.returncode == 2 and "weights_only" in result.stderr
 
 
-def test_alignment_is_reproducible_on_cpu_with_the_same_seed():
-    from minivlp import AlignConfig, LanguageModel, LMConfig, Temperature, VisualEmbedder, align, freeze
+def tiny_alignment(seed, train_lm=False):
+    from minivlp import (AlignConfig, LanguageModel, LMConfig, Temperature, TextTower, VisualEmbedder,
+                         align, freeze)
     from tokenizer import Tokenizer
     tokenizer = Tokenizer.train("a red circle\na blue square\n" * 10, 270)
+    torch.manual_seed(0)
     lm = freeze(LanguageModel(LMConfig(vocab_size=270, context=24, width=16, depth=1, heads=2)))
-    images = torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8)
-    caption_index = torch.arange(32) % 2
-    cfg = AlignConfig(steps=4, batch_size=8, warmup_steps=1, prefix_tokens=2)
+    tower = TextTower(lm, tokenizer, torch.zeros(16), torch.eye(16), torch.device("cpu"))
+    images = torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    embedder = VisualEmbedder(16, 16, prefix_tokens=2)
+    initial = {name: t.clone() for name, t in embedder.state_dict().items()}
+    initial_lm = {name: t.clone() for name, t in lm.state_dict().items()}
+    align(embedder, Temperature(0.07, learn=True), tower, images, torch.arange(32) % 2,
+          ["a red circle", "a blue square"], AlignConfig(steps=4, batch_size=8, warmup_steps=1),
+          "both", torch.device("cpu"), seed, train_lm=train_lm)
+    return initial, embedder.state_dict(), initial_lm, lm
 
-    text_emb = torch.randn(2, 16, generator=torch.Generator().manual_seed(0))
 
-    def run(seed):
-        torch.manual_seed(0)
-        embedder = VisualEmbedder(16, 16, prefix_tokens=2)
-        initial = {name: t.clone() for name, t in embedder.state_dict().items()}
-        align(embedder, Temperature(0.07, learn=True), lm, tokenizer, images, caption_index,
-              ["a red circle", "a blue square"], text_emb, cfg, "both", torch.device("cpu"), seed)
-        return initial, embedder.state_dict()
+def same(a, b):
+    return all(torch.equal(a[name], b[name]) for name in a)
 
-    initial, first = run(seed=3)
-    _, second = run(seed=3)
-    _, other_seed = run(seed=4)
-    same = lambda a, b: all(torch.equal(a[name], b[name]) for name in a)
+
+def test_alignment_is_reproducible_on_cpu_with_the_same_seed():
+    initial, first, _, _ = tiny_alignment(seed=3)
+    _, second, _, _ = tiny_alignment(seed=3)
+    _, other_seed, _, _ = tiny_alignment(seed=4)
     assert same(first, second)
     assert not same(first, initial)                                     # it did train
     assert not same(first, other_seed)                                  # the seed picks the batches
+
+
+def test_only_the_finetune_ablation_changes_the_lm():
+    _, _, initial_lm, lm = tiny_alignment(seed=0)
+    assert same(initial_lm, lm.state_dict())
+    _, _, initial_lm, lm = tiny_alignment(seed=0, train_lm=True)
+    assert not same(initial_lm, lm.state_dict())
+    assert not lm.training and not any(p.requires_grad for p in lm.parameters())  # frozen again
