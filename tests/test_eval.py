@@ -1,4 +1,7 @@
-"""Retrieval metrics against a brute-force count, and zero-shot accuracy on a hand-made case."""
+"""Retrieval metrics against a brute-force count, zero-shot accuracy on a hand-made case, and
+the side-by-side comparison of runs on hand-made metrics files."""
+
+import json
 
 import pytest
 import torch
@@ -87,3 +90,29 @@ def test_zeroshot_is_perfect_when_image_embeddings_are_their_captions_embeddings
     # swap the two images' embeddings: every attribute differs, so every prediction is wrong
     swapped = zeroshot_accuracy(image_emb[[1, 0, 2]], scenes, embed_texts)
     assert all(value == 0.0 for value in swapped.values())
+
+
+def hand_made_metrics(tower, r1, with_prefix=True):
+    split = {"image_to_text_R@1": r1, "text_to_image_R@1": r1 / 2,
+             **{f"zeroshot_{a}_acc": 0.5 for a in ("colour", "shape", "size", "position")}}
+    if with_prefix:
+        split["caption_exact_match"] = 0.25
+        for kind in ("colour", "shape", "count", "position", "exists"):
+            split[f"vqa_describe_acc_{kind}"] = 0.8 if kind == "exists" else 0.6   # mean 0.64
+            split[f"vqa_blind_acc_{kind}"] = 0.1
+    return {"test": split, "compositional": split, "paraphrase": split,
+            "run": {"text_tower": tower, "trainable_parameters": 1234567, "wall_seconds": 99.6,
+                    "align_images_per_s": 1000.4}}
+
+
+def test_compare_prints_runs_side_by_side(tmp_path, capsys):
+    import eval as evaluation
+    for tower, r1, prefix in (("locked", 0.986, True), ("random", 0.5, False)):
+        (tmp_path / f"{tower}.json").write_text(json.dumps(hand_made_metrics(tower, r1, prefix)))
+    evaluation.main(["--compare", str(tmp_path / "locked.json"), str(tmp_path / "random.json")])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and lines[0].split()[0] == "run"
+    locked, random = lines[1].split(), lines[2].split()
+    assert locked == ["locked", "1,234,567", "100", "1,000", "0.986", "0.493", "0.986", "0.493",
+                      "0.986", "0.500", "0.250", "0.640", "0.100"]
+    assert random[:2] == ["random", "1,234,567"] and random[-3:] == ["-", "-", "-"]
