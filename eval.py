@@ -13,11 +13,13 @@ import argparse
 import json
 import math
 import sys
+import textwrap
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw, ImageFont
 
 from minivlp import (COLOURS, POSITIONS, SHAPES, SYNONYMS, LanguageModel, LMConfig, TextTower,
                      VisualEmbedder, WorldConfig, all_scenes, caption, embed_images, freeze,
@@ -307,6 +309,143 @@ def compare(paths):
     lines = [f"{'run':<{width}}" + "".join(f"{name:>11}" for name, _ in columns)]
     lines += [f"{label:<{width}}" + "".join(f"{cell:>11}" for cell in cells) for label, cells in rows]
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# Pictures, drawn with PIL: what a run did, to look at rather than read.
+# ------------------------------------------------------------------------------------------------
+
+INK, GREEN, RED, GREY = (20, 20, 20), (0, 140, 60), (200, 30, 30), (150, 150, 150)
+
+
+def font(size=12):
+    return ImageFont.load_default(size=size)
+
+
+def enlarge(image, size=96):
+    """(3, H, W) uint8 -> a PIL image of size x size, pixels kept sharp."""
+    return Image.fromarray(image.permute(1, 2, 0).numpy()).resize((size, size), Image.NEAREST)
+
+
+def draw_retrieval(split, similarity, path, queries=6, top=3):
+    """Query images, each with its top captions; the right caption in green, wrong ones in red."""
+    canvas = Image.new("RGB", (560, 20 + 104 * queries), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((8, 4), f"image-to-text retrieval: top {top} captions (green = the right caption)",
+              fill=INK, font=font(13))
+    for row in range(queries):
+        y = 24 + 104 * row
+        canvas.paste(enlarge(split.images[row]), (8, y))
+        for rank, j in enumerate(similarity[row].topk(top).indices.tolist()):
+            right = j == split.caption_index[row].item()
+            draw.text((116, y + 8 + 28 * rank),
+                      f"{rank + 1}. {split.captions[j]}  ({similarity[row, j]:.2f})",
+                      fill=GREEN if right else RED, font=font(12))
+    canvas.save(path)
+
+
+def draw_similarity(similarity, path, n=24, cell=14):
+    """The first n images against their own captions: cosine similarity as a grey-scale heat map,
+    bright = similar. A good embedder lights up the diagonal."""
+    images = list(range(n))
+    margin = 60
+    canvas = Image.new("RGB", (margin + n * cell + 90, margin + n * cell + 20), "white")
+    draw = ImageDraw.Draw(canvas)
+    block = similarity[:n][:, :n]
+    low, high = block.min().item(), block.max().item()
+    for i in images:
+        for j in range(n):
+            level = int(255 * (block[i, j].item() - low) / max(high - low, 1e-9))
+            x, y = margin + j * cell, margin + i * cell
+            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=(level, level, level))
+    draw.text((4, 6), "cosine similarity of image i and the caption of image j", fill=INK,
+              font=font(12))
+    draw.text((margin, 28), "columns: caption of image j", fill=INK, font=font(11))
+    draw.text((4, margin - 30), "rows:", fill=INK, font=font(11))
+    draw.text((4, margin - 18), "image i", fill=INK, font=font(11))
+    for k in range(0, n, 4):
+        draw.text((margin + k * cell + 2, margin - 14), str(k), fill=INK, font=font(10))
+        draw.text((margin - 18, margin + k * cell), str(k), fill=INK, font=font(10))
+    x = margin + n * cell + 16                                         # the colour scale
+    for y in range(n * cell):
+        level = int(255 * (1 - y / (n * cell)))
+        draw.line([x, margin + y, x + 14, margin + y], fill=(level, level, level))
+    draw.text((x + 18, margin - 2), f"{high:.2f}", fill=INK, font=font(10))
+    draw.text((x + 18, margin + n * cell - 10), f"{low:.2f}", fill=INK, font=font(10))
+    canvas.save(path)
+
+
+def draw_curves(history, path):
+    """Training curves, one panel each: LM loss, alignment loss, temperature, in-batch R@1."""
+    panels = [("LM pretraining loss", history.get("lm", {}).get("loss", [])),
+              ("alignment loss", history["align"]["loss"]),
+              ("temperature (tau)", history["align"]["temperature"]),
+              ("in-batch image-to-text R@1", history["align"].get("batch_R@1", []))]
+    panels = [(title, points) for title, points in panels if points]
+    width, height, pad = 300, 200, 44
+    canvas = Image.new("RGB", (width * len(panels), height), "white")
+    draw = ImageDraw.Draw(canvas)
+    for k, (title, points) in enumerate(panels):
+        left, top, right, bottom = k * width + pad, 24, (k + 1) * width - 12, height - 30
+        steps, values = [p[0] for p in points], [p[1] for p in points]
+        low, high = min(values), max(values)
+        high = high if high > low else low + 1
+        draw.text((left, 4), title, fill=INK, font=font(12))
+        draw.line([left, top, left, bottom, right, bottom], fill=INK)           # the axes
+        draw.text((left - 40, top - 6), f"{high:.3g}", fill=INK, font=font(10))
+        draw.text((left - 40, bottom - 6), f"{low:.3g}", fill=INK, font=font(10))
+        draw.text((left, bottom + 4), "0", fill=INK, font=font(10))
+        draw.text((right - 60, bottom + 4), f"step {max(steps)}", fill=INK, font=font(10))
+        xy = [(left + (right - left) * s / max(max(steps), 1),
+               bottom - (bottom - top) * (v - low) / (high - low)) for s, v in points]
+        draw.line(xy, fill=RED if "loss" in title else GREEN, width=2)
+    canvas.save(path)
+
+
+def draw_captions(split, generated, answers, path, count=6):
+    """Sample images with the caption the frozen LM wrote for each (green: right, red: wrong),
+    and one question answered after that caption."""
+    canvas = Image.new("RGB", (8 + 184 * count, 196), "white")
+    draw = ImageDraw.Draw(canvas)
+    for k in range(count):
+        x = 8 + 184 * k
+        canvas.paste(enlarge(split.images[k], 120), (x + 24, 6))
+        text, (question, truth, given) = generated[k], answers[k]
+        right = parse_caption(text) == split.scenes[k]
+        lines = [(words, GREEN if right else RED) for words in textwrap.wrap(text, 30)[:2]]
+        lines += [(f"q: {question}", INK), (f"a: {given}", GREEN if given == truth else RED)]
+        for line, (words, colour) in enumerate(lines):
+            draw.text((x, 132 + 15 * line), words, fill=colour, font=font(11))
+    canvas.save(path)
+
+
+@torch.no_grad()
+def draw_pictures(embedder, tower, split, history, objective, device, out):
+    """Write the run's pictures into `out`: retrieval.png, similarity.png, curves.png and (with
+    a prefix head) captions.png, whose questions are answered after the LM's own caption."""
+    image_emb, prefixes = embed_images(embedder, split.images, device)
+    text_emb = tower(split.captions)
+    similarity = (image_emb @ (text_emb / text_emb.norm(dim=1, keepdim=True)).T).cpu()  # (N, M)
+    paths = [out / "retrieval.png", out / "similarity.png", out / "curves.png"]
+    draw_retrieval(split, similarity, paths[0])
+    own = similarity[:, split.caption_index[:24]]                       # image i vs caption of j
+    draw_similarity(own, paths[1])
+    draw_curves(history, paths[2])
+    if objective != "contrastive":
+        lm, tokenizer = tower.lm, tower.tokenizer
+        generated = describe(lm, tokenizer, prefixes[:6])
+        rng = np.random.default_rng(0)
+        asked = []
+        for scene in split.scenes[:6]:  # a colour question where there is one
+            pairs = [(q, a) for q, a, kind in questions(scene, rng) if kind == "colour"]
+            asked.append(pairs[0] if pairs else questions(scene, rng)[0][:2])
+        contexts = [torch.cat([c, lm.token_emb(torch.tensor(tokenizer.encode(f"\n{text}"),
+                                                            device=c.device))])
+                    for c, text in zip(image_context(lm, tokenizer, prefixes[:6]), generated)]
+        given = answer(lm, tokenizer, contexts, [q for q, _ in asked])
+        paths.append(out / "captions.png")
+        draw_captions(split, generated, [(q, a, g) for (q, a), g in zip(asked, given)], paths[3])
+    return paths
 
 
 # ------------------------------------------------------------------------------------------------

@@ -768,7 +768,7 @@ def align(embedder, temperature, tower, images, caption_index, captions, cfg, ob
     room = lm.context - 1 - embedder.prefix_shape[0]                   # after <bos> and the prefix
     tokens = caption_tokens(tokenizer, captions, room).to(device)
     generator = torch.Generator(device=device).manual_seed(seed)
-    history = {"loss": [], "temperature": []}
+    history = {"loss": [], "temperature": [], "batch_R@1": []}
     start = time.perf_counter()
     bar = tqdm(range(cfg.steps), desc=f"align ({objective})", dynamic_ncols=True)
     for step in bar:
@@ -794,6 +794,11 @@ def align(embedder, temperature, tower, images, caption_index, captions, cfg, ob
         if step % 20 == 0 or step == cfg.steps - 1:  # .item() waits for the device: log sparsely
             history["loss"].append((step, loss.item()))
             history["temperature"].append((step, temperature().item()))
+            if objective != "prefix":  # in-batch image -> text R@1: is the top caption the right one?
+                with torch.no_grad():
+                    scores = image_emb.float() @ F.normalize(text_batch.float(), dim=1).T  # (B, B)
+                    hits = caption_ids[scores.argmax(dim=1)] == caption_ids
+                history["batch_R@1"].append((step, hits.float().mean().item()))
             images_per_s = (step + 1) * cfg.batch_size / (time.perf_counter() - start)
             bar.set_postfix(loss=f"{loss.item():.3f}", tau=f"{temperature().item():.3f}",
                             img_s=f"{images_per_s:,.0f}")

@@ -19,7 +19,7 @@ import torch
 
 from PIL import Image
 
-from eval import Parser, evaluate, format_table
+from eval import Parser, draw_pictures, evaluate, format_table
 from minivlp import (OBJECTIVES, AlignConfig, LMConfig, LanguageModel, Temperature, TextTower,
                      VisualEmbedder, WorldConfig, align, encode_corpus, fit_whitening, freeze,
                      held_out_loss, make_corpus, make_support_split, make_world, pretrain_lm,
@@ -184,7 +184,10 @@ def main(argv=None):
                       "trainable_parameters": trainable}
     save_json(metrics, out / "metrics.json")
     print(format_table(metrics))
-    print(f"wrote {out / 'minivlp.pt'}, {out / 'metrics.json'} and example images:")
+    pictures = draw_pictures(embedder, tower, world["test"], {"lm": lm_history, "align": align_history},
+                             args.objective, device, out)
+    print(f"wrote {out / 'minivlp.pt'}, {out / 'metrics.json'}, pictures "
+          f"({', '.join(path.name for path in pictures)}) and example images:")
     print("\n".join(save_examples(world["test"], out)))
 
 

@@ -161,3 +161,20 @@ def test_only_the_finetune_ablation_changes_the_lm():
     _, _, initial_lm, lm = tiny_alignment(seed=0, train_lm=True)
     assert not same(initial_lm, lm.state_dict())
     assert not lm.training and not any(p.requires_grad for p in lm.parameters())  # frozen again
+
+
+def test_the_run_draws_its_pictures(tiny_run):
+    from PIL import Image
+    for name in ("retrieval.png", "similarity.png", "curves.png", "captions.png"):
+        with Image.open(tiny_run / name) as picture:
+            assert picture.width > 200 and picture.height > 100, name
+
+
+def test_the_similarity_heat_map_is_bright_where_similarity_is_high(tmp_path):
+    from PIL import Image
+    from eval import draw_similarity
+    similarity = torch.eye(24) * 2 - 1                                  # 1 on the diagonal, -1 off
+    draw_similarity(similarity, tmp_path / "map.png", n=24, cell=14)
+    with Image.open(tmp_path / "map.png") as picture:
+        centre = lambda i, j: picture.getpixel((60 + j * 14 + 7, 60 + i * 14 + 7))
+        assert centre(3, 3) == (255, 255, 255) and centre(3, 4) == (0, 0, 0)
