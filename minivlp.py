@@ -4,9 +4,11 @@ Pipeline: text corpus -> tokenizer + tiny causal LM (pretrained, then frozen) ->
 t = h(T) -> a small CNN g(I) trained with InfoNCE so that v = g(I) meets t -> retrieval and
 zero-shot evaluation. The same CNN also turns an image into K prefix embeddings that the frozen LM
 reads ahead of text, for captioning and question answering. Document sections implemented: §3.2
-steps 1-4, §3.4 (captioning, VQA), §4.1 (v = g(I; θv), t = h(T; θl)), §4.2 (the InfoNCE loss). Papers followed: InfoNCE (van den Oord et al. 2018), CLIP (Radford et al.
-2021), LiT (Zhai et al. 2022: a locked tower), Frozen (Tsimpoukelli et al. 2021: a frozen LM).
-Nothing runs on import: train.py and eval.py are the command-line faces of these functions.
+steps 1-4, §3.4 (captioning, VQA), §4.1 (v = g(I; θv), t = h(T; θl)), §4.2 (the InfoNCE loss).
+Papers followed: InfoNCE (van den Oord et al. 2018), CLIP (Radford et al. 2021), LiT (Zhai et
+al. 2022: a locked tower), Frozen (Tsimpoukelli et al. 2021: a frozen LM as the image's reader).
+Read it with tutorials/04_infonce_by_hand.ipynb for §5. Nothing runs on import: train.py and
+eval.py are the command-line faces of these functions.
 """
 
 import json
@@ -695,7 +697,8 @@ def prefix_loss(lm, tokenizer, prefix, tokens):
     """Next-token cross-entropy of the caption given the image (Frozen's captioning loss).
 
     prefix (B, K, C); tokens (B, L): '\n caption \n' padded with IGNORE. The LM is frozen but
-    not detached: gradients flow through it into the prefix, and only the embedder learns."""
+    not detached: gradients flow through it into the prefix, and only the embedder learns (the
+    finetune and scratch ablations let the LM learn from this loss too)."""
     context_emb = image_context(lm, tokenizer, prefix)                  # (B, P = 1 + K, C)
     # IGNORE padding sits after the caption, where causal attention hides it: any id will do
     hidden = lm(tokens.clamp(min=0), prefix=context_emb)                # (B, P + L, C)
