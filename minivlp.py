@@ -191,7 +191,7 @@ def render(scene, image_size, rng):
         for (colour, shape), a, c in zip(scene.objects, along, across):
             x, y = (c, a) if scene.where == "above" else (a, c)
             draw_shape(draw, shape, x * s, y * s, 0.15 * s, COLOURS[colour])
-    return np.asarray(image)
+    return np.array(image)
 
 
 def index_captions(texts):
@@ -253,7 +253,7 @@ def load_image(path, image_size):
                           max(image_size, round(image.height * scale))), Image.BICUBIC)
     left, top = (image.width - image_size) // 2, (image.height - image_size) // 2
     image = image.crop((left, top, left + image_size, top + image_size))
-    return torch.from_numpy(np.asarray(image)).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous()
 
 
 def questions(scene, rng):
