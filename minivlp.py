@@ -484,13 +484,16 @@ def pretrain_lm(lm, train_stream, held_out_stream, cfg, device, seed):
 def freeze(lm):
     """Freeze the LM (§3.2 step 1). Frozen means exactly three things here:
 
-    1. every parameter has requires_grad = False, so no gradient is ever computed for it;
+    1. every parameter has requires_grad = False, so no gradient is ever computed for it (and
+       any gradient left from pretraining is dropped);
     2. the module is in eval mode (this LM has no dropout, but a frozen model must not behave
        as in training: the habit matters for any LM put in its place);
     3. it is never handed to an optimizer: align() builds its optimizer from the visual embedder
-       and the temperature only, and checks that no LM parameter slipped in.
+       and the temperature only, and checks that no LM parameter slipped in (only the finetune
+       and scratch ablations ask it to train the LM).
     """
     lm.requires_grad_(False)
+    lm.zero_grad(set_to_none=True)
     return lm.eval()
 
 

@@ -67,6 +67,14 @@ def test_prefix_occupies_the_first_positions():
     assert torch.equal(hidden[:, :3], other[:, :3])
 
 
+def test_freeze_drops_gradients_left_from_pretraining():
+    lm = tiny_lm()
+    lm.logits(lm(torch.randint(0, TINY.vocab_size, (2, 5)))).sum().backward()
+    assert all(p.grad is not None for p in lm.parameters())
+    freeze(lm)
+    assert all(p.grad is None and not p.requires_grad for p in lm.parameters())
+
+
 def test_frozen_lm_is_bit_identical_after_an_optimizer_step_through_it():
     lm = freeze(tiny_lm())
     before = {name: p.clone() for name, p in lm.state_dict().items()}
