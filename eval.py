@@ -130,6 +130,14 @@ def answer(lm, tokenizer, contexts, question_texts, batch_size=500):
     return answers
 
 
+def after_own_caption(lm, tokenizer, prefixes, generated, room):
+    """(N, K, C) prefixes and the captions generated from them -> N (P, C) contexts
+    '<bos> [image] \n CAPTION', each caption cut to at most `room` tokens."""
+    return [torch.cat([context_emb, lm.token_emb(torch.tensor(tokenizer.encode(f"\n{text}")[:room],
+                                                              device=context_emb.device))])
+            for context_emb, text in zip(image_context(lm, tokenizer, prefixes), generated)]
+
+
 def solved_examples(lm, tokenizer, support_prefixes, support_scenes, kind, shots, room, rng):
     """(P, C) embeddings of up to `shots` solved examples of one question kind, each its own
     document: '<bos> [image] \n q: QUESTION a: ANSWER <eos>' (Frozen's few-shot prompt). Examples
@@ -187,14 +195,14 @@ def prefix_metrics(lm, tokenizer, prefixes, scenes, support_prefixes, support_sc
     longest_query = with_image.shape[1] + max(
         len(tokenizer.encode(f"\nq: {q} a:")) for _, q, _, _ in asked) + answer_length(tokenizer) - 1
     room = lm.context - longest_query                  # positions left for what precedes a query
-    embed_text = lambda text: lm.token_emb(torch.tensor(tokenizer.encode(text)[:room],
-                                                        device=prefixes.device))  # (L, C)
-    said = [embed_text(f"\n{text}") for text in generated[:vqa_images]]
-    true_text = [torch.cat([blind, embed_text(caption(scene))]) for scene in scenes[:vqa_images]]
+    said = after_own_caption(lm, tokenizer, prefixes[:vqa_images], generated[:vqa_images], room)
+    true_text = [torch.cat([blind, lm.token_emb(torch.tensor(tokenizer.encode(caption(scene))[:room],
+                                                             device=prefixes.device))])
+                 for scene in scenes[:vqa_images]]
     examples = {kind: solved_examples(lm, tokenizer, support_prefixes, support_scenes, kind, shots,
                                       room, rng) for kind in kinds}
     settings = {"vqa_acc": [with_image[i] for i, *_ in asked],
-                "vqa_describe_acc": [torch.cat([with_image[i], said[i]]) for i, *_ in asked],
+                "vqa_describe_acc": [said[i] for i, *_ in asked],
                 "vqa_blind_acc": [blind] * len(asked),
                 "vqa_fewshot_acc": [torch.cat([examples[kind][0], with_image[i]])
                                     for i, _, _, kind in asked],
@@ -421,16 +429,18 @@ def draw_captions(split, generated, answers, path, count=6):
 
 @torch.no_grad()
 def draw_pictures(embedder, tower, split, history, objective, device, out):
-    """Write the run's pictures into `out`: retrieval.png, similarity.png, curves.png and (with
-    a prefix head) captions.png, whose questions are answered after the LM's own caption."""
+    """Write the run's pictures into `out`: curves.png; with a contrastive head retrieval.png and
+    similarity.png; with a prefix head captions.png, whose questions are answered after the LM's
+    own caption."""
     image_emb, prefixes = embed_images(embedder, split.images, device)
-    text_emb = tower(split.captions)
-    similarity = (image_emb @ (text_emb / text_emb.norm(dim=1, keepdim=True)).T).cpu()  # (N, M)
-    paths = [out / "retrieval.png", out / "similarity.png", out / "curves.png"]
-    draw_retrieval(split, similarity, paths[0])
-    own = similarity[:, split.caption_index[:24]]                       # image i vs caption of j
-    draw_similarity(own, paths[1])
-    draw_curves(history, paths[2])
+    paths = [out / "curves.png"]
+    draw_curves(history, paths[0])
+    if objective != "prefix":
+        text_emb = tower(split.captions)
+        similarity = (image_emb @ (text_emb / text_emb.norm(dim=1, keepdim=True)).T).cpu()  # (N, M)
+        paths += [out / "retrieval.png", out / "similarity.png"]
+        draw_retrieval(split, similarity, paths[-2])
+        draw_similarity(similarity[:, split.caption_index[:24]], paths[-1])  # image i, caption of j
     if objective != "contrastive":
         lm, tokenizer = tower.lm, tower.tokenizer
         generated = describe(lm, tokenizer, prefixes[:6])
@@ -439,12 +449,12 @@ def draw_pictures(embedder, tower, split, history, objective, device, out):
         for scene in split.scenes[:6]:  # a colour question where there is one
             pairs = [(q, a) for q, a, kind in questions(scene, rng) if kind == "colour"]
             asked.append(pairs[0] if pairs else questions(scene, rng)[0][:2])
-        contexts = [torch.cat([c, lm.token_emb(torch.tensor(tokenizer.encode(f"\n{text}"),
-                                                            device=c.device))])
-                    for c, text in zip(image_context(lm, tokenizer, prefixes[:6]), generated)]
+        room = lm.context - 1 - prefixes.shape[1] - answer_length(tokenizer) + 1 - max(
+            len(tokenizer.encode(f"\nq: {q} a:")) for q, _ in asked)
+        contexts = after_own_caption(lm, tokenizer, prefixes[:6], generated, room)
         given = answer(lm, tokenizer, contexts, [q for q, _ in asked])
         paths.append(out / "captions.png")
-        draw_captions(split, generated, [(q, a, g) for (q, a), g in zip(asked, given)], paths[3])
+        draw_captions(split, generated, [(q, a, g) for (q, a), g in zip(asked, given)], paths[-1])
     return paths
 
 
