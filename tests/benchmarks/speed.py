@@ -1,0 +1,160 @@
+"""Where the time goes, measured on this machine (nothing is changed by running it).
+
+    python tests/benchmarks/speed.py
+
+1. The limit: float32 matmul throughput (FLOP/s) of this machine, measured here.
+2. Model FLOPs utilisation of LM pretraining and of alignment: FLOPs per step counted from the
+   model's shapes (a forward matmul of (m, k) x (k, n) is 2mkn FLOPs, backward twice that),
+   divided by the measured time per step, divided by the limit.
+3. Side by side: (a) cached text embeddings against recomputing them through the frozen LM every
+   step (what freezing saves, §4.4); (b) the hand-written info_nce against the F.cross_entropy
+   formulation, forward + backward; (c) attention written out against scaled_dot_product_attention.
+"""
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from minivlp import (AlignConfig, CausalSelfAttention, LanguageModel, LMConfig, VisualEmbedder,  # noqa: E402
+                     WorldConfig, adamw, info_nce, reread_tokens, reread_features)
+from tokenizer import Tokenizer  # noqa: E402
+
+
+def seconds(work, repeat=10, warmup=2):
+    """Median wall time of one call of work()."""
+    for _ in range(warmup):
+        work()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def matmul_limit(n=1024):
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return 2 * n ** 3 / seconds(lambda: a @ b, repeat=20)
+
+
+def lm_step_flops(cfg):
+    """Matmul FLOPs of one pretraining step (forward + backward = 3 x forward)."""
+    tokens, C, T = cfg.batch_size * cfg.context, cfg.width, cfg.context
+    per_layer = 2 * tokens * C * (3 * C + C + 8 * C) + 2 * 2 * cfg.batch_size * T * T * C
+    head = 2 * tokens * C * cfg.vocab_size
+    return 3 * (cfg.depth * per_layer + head)
+
+
+def embedder_step_flops(embedder, batch_size, image_size):
+    """Conv and linear FLOPs of one alignment step, counted with forward hooks."""
+    total = [0]
+
+    def count(module, inputs, output):
+        if isinstance(module, torch.nn.Conv2d):
+            k = module.in_channels * module.kernel_size[0] * module.kernel_size[1]
+            total[0] += 2 * output.numel() * k
+        elif isinstance(module, torch.nn.Linear):
+            total[0] += 2 * output.numel() * module.in_features
+
+    hooks = [m.register_forward_hook(count) for m in embedder.modules()]
+    embedder(torch.zeros(batch_size, 3, image_size, image_size, dtype=torch.uint8))
+    for hook in hooks:
+        hook.remove()
+    return 3 * total[0]
+
+
+def main():
+    torch.manual_seed(0)
+    limit = matmul_limit()
+    print(f"1. this machine: float32 matmul {limit / 1e9:.1f} GFLOP/s ({torch.get_num_threads()} threads)")
+
+    cfg = LMConfig()
+    lm = LanguageModel(cfg)
+    optimizer = adamw(lm.parameters(), cfg.lr, cfg.weight_decay, torch.device("cpu"))
+    ids = torch.randint(0, cfg.vocab_size, (cfg.batch_size, cfg.context + 1))
+
+    def lm_step():
+        loss = F.cross_entropy(lm.logits(lm(ids[:, :-1])).flatten(0, 1), ids[:, 1:].flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    t = seconds(lm_step)
+    print(f"2. LM pretraining: {t * 1e3:.1f} ms/step, {cfg.batch_size * cfg.context / t:,.0f} tokens/s, "
+          f"model FLOPs utilisation {lm_step_flops(cfg) / t / limit:.1%}")
+    align_cfg, world_cfg = AlignConfig(), WorldConfig()
+    embedder = VisualEmbedder(world_cfg.image_size, cfg.width, align_cfg.prefix_tokens)
+    optimizer = adamw(embedder.parameters(), align_cfg.lr, align_cfg.weight_decay, torch.device("cpu"))
+    images = torch.randint(0, 256, (align_cfg.batch_size, 3, 32, 32), dtype=torch.uint8)
+    text_emb = torch.randn(align_cfg.batch_size, cfg.width)
+
+    def align_step():
+        image_emb, _ = embedder(images)
+        loss = info_nce(image_emb, text_emb, 0.07)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    t = seconds(align_step)
+    flops = embedder_step_flops(embedder, align_cfg.batch_size, 32)
+    print(f"   alignment (InfoNCE only): {t * 1e3:.1f} ms/step, {align_cfg.batch_size / t:,.0f} images/s, "
+          f"model FLOPs utilisation {flops / t / limit:.1%}")
+
+    # (a) what freezing saves: a cached row lookup against the frozen LM run on the batch's captions
+    tokenizer = Tokenizer.train("a small red circle on the left\na blue square above a red cross\n" * 50, 290)
+    frozen_lm = LanguageModel(LMConfig(vocab_size=290)).eval().requires_grad_(False)
+    captions = ["a small red circle on the left", "a blue square above a red cross"] * (align_cfg.batch_size // 2)
+    ids, weights = reread_tokens(tokenizer, captions, frozen_lm.context)
+    cache = torch.randn(2000, cfg.width)
+    rows = torch.randint(0, 2000, (align_cfg.batch_size,))
+    recompute = seconds(lambda: reread_features(frozen_lm, ids, weights))
+    lookup = seconds(lambda: cache[rows])
+    print(f"3a. text embeddings for a batch of {align_cfg.batch_size}: through the frozen LM "
+          f"{recompute * 1e3:.1f} ms, from the cache {lookup * 1e3:.3f} ms "
+          f"({recompute / max(lookup, 1e-9):,.0f}x)")
+
+    # (b) info_nce against F.cross_entropy, forward + backward
+    for n in (256, 1024, 4096):
+        v = torch.randn(n, cfg.width, requires_grad=True)
+        w = torch.randn(n, cfg.width)
+        labels = torch.arange(n)
+
+        def by_hand():
+            info_nce(v, w, 0.07).backward()
+
+        def with_cross_entropy():
+            logits = F.normalize(v, dim=1) @ F.normalize(w, dim=1).T / 0.07
+            ((F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2).backward()
+
+        logits = F.normalize(v, dim=1) @ F.normalize(w, dim=1).T / 0.07
+        reference = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+        difference = abs(info_nce(v, w, 0.07).item() - reference.item())
+        a, b = seconds(by_hand, repeat=5), seconds(with_cross_entropy, repeat=5)
+        print(f"3b. N = {n:>4}: info_nce {a * 1e3:7.1f} ms, F.cross_entropy {b * 1e3:7.1f} ms "
+              f"(ratio {a / b:.2f}), |difference| {difference:.1e}")
+
+    # (c) attention written out against F.scaled_dot_product_attention
+    attention = CausalSelfAttention(cfg.width, cfg.heads, cfg.context)
+    x = torch.randn(cfg.batch_size, cfg.context, cfg.width)
+    B, T, C = x.shape
+
+    def fused():
+        q, k, v = attention.qkv(x).split(C, dim=2)
+        q, k, v = (z.view(B, T, cfg.heads, C // cfg.heads).transpose(1, 2) for z in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return attention.proj(out.transpose(1, 2).reshape(B, T, C))
+
+    with torch.no_grad():
+        written, sdpa = seconds(lambda: attention(x)), seconds(fused)
+        difference = (attention(x) - fused()).abs().max().item()
+    print(f"3c. attention, batch {B} x {T} tokens: written out {written * 1e3:.2f} ms, "
+          f"scaled_dot_product_attention {sdpa * 1e3:.2f} ms (ratio {written / sdpa:.2f}), "
+          f"max |difference| {difference:.1e}")
+
+
+if __name__ == "__main__":
+    main()
