@@ -281,23 +281,36 @@ def format_table(results):
     return text.rstrip("\n")
 
 
+# The columns of the ablation: (title, where in metrics.json, format). A key in braces is the
+# mean over the values it names (the four zero-shot attributes, the five VQA kinds).
+COMPARE_COLUMNS = [
+    ("trainable", "run", "trainable_parameters", "{:,}"),
+    ("wall s", "run", "wall_seconds", "{:.0f}"),
+    ("img/s", "run", "align_images_per_s", "{:,.0f}"),
+    ("test i→t", "test", "image_to_text_R@1", "{:.3f}"),
+    ("test t→i", "test", "text_to_image_R@1", "{:.3f}"),
+    ("comp i→t", "compositional", "image_to_text_R@1", "{:.3f}"),
+    ("comp t→i", "compositional", "text_to_image_R@1", "{:.3f}"),
+    ("para i→t", "paraphrase", "image_to_text_R@1", "{:.3f}"),
+    ("zero-shot", "test", "zeroshot_{colour,shape,size,position}_acc", "{:.3f}"),
+    ("caption", "test", "caption_exact_match", "{:.3f}"),
+    ("VQA", "test", "vqa_describe_acc_{colour,shape,count,position,exists}", "{:.3f}"),
+    ("VQA blind", "test", "vqa_blind_acc_{colour,shape,count,position,exists}", "{:.3f}"),
+]
+
+
+def lookup(metrics, section, key):
+    """metrics[section][key], or the mean over 'prefix_{a,b}_suffix' -> prefix_a_suffix, ..."""
+    if "{" not in key:
+        return metrics[section][key]
+    head, rest = key.split("{")
+    names, tail = rest.split("}")
+    values = [metrics[section][f"{head}{name}{tail}"] for name in names.split(",")]
+    return sum(values) / len(values)
+
+
 def compare(paths):
     """metrics.json files written by train.py -> one row per run, the columns of the ablation."""
-    mean = lambda values: sum(values) / len(values)
-    columns = [
-        ("trainable", lambda m: f"{m['run']['trainable_parameters']:,}"),
-        ("wall s", lambda m: f"{m['run']['wall_seconds']:.0f}"),
-        ("img/s", lambda m: f"{m['run']['align_images_per_s']:,.0f}"),
-        ("test i→t", lambda m: f"{m['test']['image_to_text_R@1']:.3f}"),
-        ("test t→i", lambda m: f"{m['test']['text_to_image_R@1']:.3f}"),
-        ("comp i→t", lambda m: f"{m['compositional']['image_to_text_R@1']:.3f}"),
-        ("comp t→i", lambda m: f"{m['compositional']['text_to_image_R@1']:.3f}"),
-        ("para i→t", lambda m: f"{m['paraphrase']['image_to_text_R@1']:.3f}"),
-        ("zero-shot", lambda m: f"{mean([m['test'][f'zeroshot_{a}_acc'] for a in ('colour', 'shape', 'size', 'position')]):.3f}"),
-        ("caption", lambda m: f"{m['test']['caption_exact_match']:.3f}"),
-        ("VQA", lambda m: f"{mean([m['test'][f'vqa_describe_acc_{k}'] for k in VQA_KINDS]):.3f}"),
-        ("VQA blind", lambda m: f"{mean([m['test'][f'vqa_blind_acc_{k}'] for k in VQA_KINDS]):.3f}"),
-    ]
     rows = []
     for path in paths:
         try:
@@ -307,14 +320,14 @@ def compare(paths):
         except json.JSONDecodeError as error:
             raise ValueError(f"{path}: not JSON ({error})") from None
         cells = []
-        for _, cell in columns:
+        for _, section, key, form in COMPARE_COLUMNS:
             try:
-                cells.append(cell(metrics))
+                cells.append(form.format(lookup(metrics, section, key)))
             except KeyError:  # a run without that head (e.g. --objective contrastive)
                 cells.append("-")
         rows.append((metrics.get("run", {}).get("text_tower", Path(path).parent.name), cells))
     width = max(len("run"), *(len(label) for label, _ in rows)) + 2
-    lines = [f"{'run':<{width}}" + "".join(f"{name:>11}" for name, _ in columns)]
+    lines = [f"{'run':<{width}}" + "".join(f"{name:>11}" for name, *_ in COMPARE_COLUMNS)]
     lines += [f"{label:<{width}}" + "".join(f"{cell:>11}" for cell in cells) for label, cells in rows]
     return "\n".join(lines)
 
