@@ -4,6 +4,7 @@
     python eval.py --ckpt out/minivlp.pt --caption IMAGE.png         # describe an image
     python eval.py --ckpt out/minivlp.pt --ask IMAGE.png "what colour is the circle?"
     python eval.py --compare out/locked/metrics.json out/random/metrics.json   # side by side
+    python eval.py --ckpt out/minivlp.pt --data pairs.tsv --classes cat,dog --templates "a {}."
 
 Retrieval both ways and zero-shot accuracy (contrastive head); captioning and visual question
 answering through the frozen LM (prefix head), with the same LM answering blind as the baseline.
@@ -24,12 +25,17 @@ from PIL import Image, ImageDraw, ImageFont
 from minivlp import (COLOURS, POSITIONS, SHAPES, SYNONYMS, LanguageModel, LMConfig, TextTower,
                      VisualEmbedder, WorldConfig, all_scenes, caption, embed_images, freeze,
                      generate, image_context, load_checkpoint, load_image, make_eval_splits,
-                     make_support_split, questions, resolve_device, retrieval_metrics, save_json,
-                     zeroshot_accuracy)
+                     make_support_split, pairs_split, questions, read_pairs, resolve_device,
+                     retrieval_metrics, save_json, zeroshot_accuracy)
 from tokenizer import Tokenizer
 
 
 class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors, and no abbreviated flags (--lm means --lm, not --lm-lr)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(allow_abbrev=False, **kwargs)
+
     def error(self, message):
         """A bad flag is one line on stderr and exit status 2, without the usage dump."""
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -216,26 +222,72 @@ def prefix_metrics(lm, tokenizer, prefixes, scenes, support_prefixes, support_sc
     return metrics
 
 
+@torch.no_grad()
+def text_caption_metrics(lm, tokenizer, prefixes, references):
+    """Captioning on your own data, where no grammar parses a caption: exact match with the
+    image's own caption (spaces and case aside) and corpus BLEU-4."""
+    generated = describe(lm, tokenizer, prefixes)
+    same = [g.lower().split() == r.lower().split() for g, r in zip(generated, references)]
+    return {"caption_exact_match": float(np.mean(same)),
+            "caption_bleu4": bleu4([g.lower() for g in generated], [r.lower() for r in references]),
+            "caption_samples": generated[:5]}
+
+
+def zeroshot_named_classes(image_emb, image_captions, classes, templates, embed_texts):
+    """Zero-shot classification with class names and prompt templates from the command line.
+
+    Each class is the mean unit text embedding of its templates filled with its name (CLIP's
+    prompt ensembling); each image takes the nearest class. An image's true class is the one
+    whose name its caption contains as whole words; images whose caption names no class, or more
+    than one, are left out (zeroshot_images counts those scored)."""
+    names = [name.lower().split() for name in classes]
+    def named_in(text):
+        words = text.lower().replace(",", " ").replace(".", " ").split()
+        return [c for c, name in enumerate(names)
+                if any(words[i:i + len(name)] == name for i in range(len(words)))]
+    truth = [named_in(text) for text in image_captions]
+    scored = [i for i, found in enumerate(truth) if len(found) == 1]
+    if not scored:
+        raise ValueError(f"--classes: no caption names exactly one of {classes}")
+    prompts = embed_texts([template.format(name) for name in classes for template in templates])
+    prompts = prompts / prompts.norm(dim=1, keepdim=True)               # (classes * templates, C)
+    class_emb = prompts.view(len(classes), len(templates), -1).mean(1)  # (classes, C)
+    class_emb = class_emb / class_emb.norm(dim=1, keepdim=True)
+    predicted = (image_emb[scored] @ class_emb.T).argmax(dim=1).cpu()   # (scored,)
+    right = predicted == torch.tensor([truth[i][0] for i in scored])
+    return {"zeroshot_acc": right.float().mean().item(), "zeroshot_images": len(scored)}
+
+
 # ------------------------------------------------------------------------------------------------
 # Every metric of every split, and the tables.
 # ------------------------------------------------------------------------------------------------
 
-def evaluate(embedder, tower, splits, support, device, objective):
+def evaluate(embedder, tower, splits, support, device, objective, classes=None, templates=None):
     """{split name: metrics}: retrieval and zero-shot for the contrastive head, captioning and VQA
-    for the prefix head. `paraphrase` holds the `test` images, so only its retrieval is new."""
+    for the prefix head. `paraphrase` holds the `test` images, so only its retrieval is new.
+
+    Splits of your own data (no scenes) get retrieval, captioning by text, and zero-shot over
+    `classes` (with `templates`) when given; support is then None (no few-shot VQA)."""
     results = {}
-    _, support_prefixes = embed_images(embedder, support.images, device)
+    if support is not None:
+        _, support_prefixes = embed_images(embedder, support.images, device)
     for name, split in splits.items():
         metrics = {"images": len(split.images), "captions": len(split.captions)}
         image_emb, prefixes = embed_images(embedder, split.images, device)     # (N, C), (N, K, C)
+        own_captions = [split.captions[j] for j in split.caption_index]
         if objective != "prefix":
             text_emb = tower(split.captions)                                    # (M, C)
             text_emb = text_emb / text_emb.norm(dim=1, keepdim=True)
             metrics.update(retrieval_metrics((image_emb @ text_emb.T).cpu(), split.caption_index))
-            if name != "paraphrase":
+            if split.scenes is None and classes:
+                metrics.update(zeroshot_named_classes(image_emb, own_captions, classes, templates,
+                                                      tower))
+            elif split.scenes is not None and name != "paraphrase":
                 metrics.update(zeroshot_accuracy(image_emb.cpu(), split.scenes,
                                                  lambda texts: tower(texts).cpu()))
-        if objective != "contrastive" and name != "paraphrase":
+        if objective != "contrastive" and split.scenes is None:
+            metrics.update(text_caption_metrics(tower.lm, tower.tokenizer, prefixes, own_captions))
+        elif objective != "contrastive" and name != "paraphrase":
             metrics.update(prefix_metrics(tower.lm, tower.tokenizer, prefixes, split.scenes,
                                           support_prefixes, support.scenes))
         results[name] = metrics
@@ -245,7 +297,8 @@ def evaluate(embedder, tower, splits, support, device, objective):
 RETRIEVAL_COLUMNS = [("i→t R@1", "image_to_text_R@1"), ("i→t R@5", "image_to_text_R@5"),
                      ("t→i R@1", "text_to_image_R@1"), ("t→i R@5", "text_to_image_R@5"),
                      ("zs colour", "zeroshot_colour_acc"), ("zs shape", "zeroshot_shape_acc"),
-                     ("zs size", "zeroshot_size_acc"), ("zs position", "zeroshot_position_acc")]
+                     ("zs size", "zeroshot_size_acc"), ("zs position", "zeroshot_position_acc"),
+                     ("zero-shot", "zeroshot_acc")]
 CAPTION_COLUMNS = [("exact", "caption_exact_match"), ("BLEU-4", "caption_bleu4"),
                    ("colour", "caption_acc_colour"), ("shape", "caption_acc_shape"),
                    ("size", "caption_acc_size"), ("position", "caption_acc_position"),
@@ -350,6 +403,7 @@ def enlarge(image, size=96):
 
 def draw_retrieval(split, similarity, path, queries=6, top=3):
     """Query images, each with its top captions; the right caption in green, wrong ones in red."""
+    queries, top = min(queries, len(split.images)), min(top, len(split.captions))
     canvas = Image.new("RGB", (560, 20 + 104 * queries), "white")
     draw = ImageDraw.Draw(canvas)
     draw.text((8, 4), f"image-to-text retrieval: top {top} captions (green = the right caption)",
@@ -425,16 +479,21 @@ def draw_curves(history, path):
 
 def draw_captions(split, generated, answers, path, count=6):
     """Sample images with the caption the frozen LM wrote for each (green: right, red: wrong),
-    and one question answered after that caption."""
+    and one question answered after that caption (answers: None for your own data)."""
     canvas = Image.new("RGB", (8 + 184 * count, 196), "white")
     draw = ImageDraw.Draw(canvas)
     for k in range(count):
         x = 8 + 184 * k
         canvas.paste(enlarge(split.images[k], 120), (x + 24, 6))
-        text, (question, truth, given) = generated[k], answers[k]
-        right = parse_caption(text) == split.scenes[k]
+        text = generated[k]
+        if split.scenes is None:  # your own data: right when it is the image's own caption
+            right = text.lower().split() == split.captions[split.caption_index[k]].lower().split()
+        else:
+            right = parse_caption(text) == split.scenes[k]
         lines = [(words, GREEN if right else RED) for words in textwrap.wrap(text, 30)[:2]]
-        lines += [(f"q: {question}", INK), (f"a: {given}", GREEN if given == truth else RED)]
+        if answers:
+            question, truth, given = answers[k]
+            lines += [(f"q: {question}", INK), (f"a: {given}", GREEN if given == truth else RED)]
         for line, (words, colour) in enumerate(lines):
             draw.text((x, 132 + 15 * line), words, fill=colour, font=font(11))
     canvas.save(path)
@@ -453,10 +512,15 @@ def draw_pictures(embedder, tower, split, history, objective, device, out):
         similarity = (image_emb @ (text_emb / text_emb.norm(dim=1, keepdim=True)).T).cpu()  # (N, M)
         paths += [out / "retrieval.png", out / "similarity.png"]
         draw_retrieval(split, similarity, paths[-2])
-        draw_similarity(similarity[:, split.caption_index[:24]], paths[-1])  # image i, caption of j
+        n = min(24, len(split.images))
+        draw_similarity(similarity[:n, split.caption_index[:n]], paths[-1], n)  # image i, caption of j
     if objective != "contrastive":
         lm, tokenizer = tower.lm, tower.tokenizer
         generated = describe(lm, tokenizer, prefixes[:6])
+        paths.append(out / "captions.png")
+        if split.scenes is None:  # your own data: no scene to ask questions about
+            draw_captions(split, generated, None, paths[-1], count=min(6, len(split.images)))
+            return paths
         rng = np.random.default_rng(0)
         asked = []
         for scene in split.scenes[:6]:  # a colour question where there is one
@@ -466,7 +530,6 @@ def draw_pictures(embedder, tower, split, history, objective, device, out):
             len(tokenizer.encode(f"\nq: {q} a:")) for q, _ in asked)
         contexts = after_own_caption(lm, tokenizer, prefixes[:6], generated, room)
         given = answer(lm, tokenizer, contexts, [q for q, _ in asked])
-        paths.append(out / "captions.png")
         draw_captions(split, generated, [(q, a, g) for (q, a), g in zip(asked, given)], paths[-1])
     return paths
 
@@ -474,6 +537,32 @@ def draw_pictures(embedder, tower, split, history, objective, device, out):
 # ------------------------------------------------------------------------------------------------
 # Command line.
 # ------------------------------------------------------------------------------------------------
+
+def separator(text):
+    """--csv-separator: one character; 'tab' or '\\t' for a tab, awkward to type in a shell."""
+    text = "\t" if text in ("tab", "\\t") else text
+    if len(text) != 1:
+        raise argparse.ArgumentTypeError(f"expected one character (or 'tab'), got {text!r}")
+    return text
+
+
+def add_data_flags(parser):
+    """The flags that read your own image-caption pairs (open_clip's names and defaults)."""
+    group = parser.add_argument_group("your own data")
+    group.add_argument("--data", help="a CSV/TSV file with a header and one image-caption pair a "
+                                      "row; image paths are relative to the file")
+    group.add_argument("--csv-separator", type=separator, default="\t",
+                       help="column separator: one character, or 'tab' (default: tab)")
+    group.add_argument("--csv-img-key", default="filepath",
+                       help="the column of image paths (default: %(default)s)")
+    group.add_argument("--csv-caption-key", default="title",
+                       help="the column of captions (default: %(default)s)")
+    return group
+
+
+def read_table(args, path):
+    return read_pairs(path, args.csv_separator, args.csv_img_key, args.csv_caption_key)
+
 
 def load_models(checkpoint, device):
     """Rebuild the frozen text tower and the visual embedder from a checkpoint's plain data."""
@@ -490,15 +579,6 @@ def load_models(checkpoint, device):
     return tower, embedder.to(device).eval(), world_cfg, config
 
 
-def read_image(path, image_size):
-    try:
-        return load_image(path, image_size)
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such image file") from None
-    except OSError as error:
-        raise ValueError(f"{path}: not an image PIL can read ({error})") from None
-
-
 def main(argv=None):
     parser = Parser(prog="eval.py", description=__doc__.split("\n")[0])
     parser.add_argument("--ckpt", help="a checkpoint written by train.py")
@@ -511,7 +591,18 @@ def main(argv=None):
     parser.add_argument("--sample-temperature", type=float, default=0.0,
                         help="captioning: 0 decodes greedily, above 0 samples (default: 0)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    data = add_data_flags(parser)
+    data.add_argument("--classes", type=lambda text: [c.strip() for c in text.split(",") if c.strip()],
+                      help="with --data: zero-shot classes, comma-separated (an image's class is "
+                           "the one its caption names), e.g. 'zero,one,two'")
+    data.add_argument("--templates", nargs="+", default=["{}"],
+                      help="prompts for --classes, {} is the class name (default: '{}')")
     args = parser.parse_args(argv)
+    if args.classes and not args.data:
+        parser.error("--classes needs --data (the built-in world has its own zero-shot classes)")
+    for template in args.templates:
+        if "{}" not in template:
+            parser.error(f"--templates: {template!r} has no {{}} for the class name")
     if args.compare:
         print(compare(args.compare))
         return
@@ -522,24 +613,34 @@ def main(argv=None):
     if "embedder" not in checkpoint:
         raise ValueError(f"{args.ckpt}: holds only the LM stage (train.py --stage all writes "
                          "minivlp.pt)")
-    tower, embedder, world_cfg, config = load_models(checkpoint, device)
+    try:
+        tower, embedder, world_cfg, config = load_models(checkpoint, device)
+    except (KeyError, TypeError, RuntimeError) as error:  # missing keys, other shapes
+        raise ValueError(f"{args.ckpt}: a checkpoint this eval.py cannot rebuild "
+                         f"({type(error).__name__}: {str(error).splitlines()[0]})") from None
     objective = config["objective"]
     if (args.caption or args.ask) and objective == "contrastive":
         raise ValueError(f"{args.ckpt}: trained with --objective contrastive, so it has no "
                          f"prefix to caption or answer with (train with prefix or both)")
     lm, tokenizer = tower.lm, tower.tokenizer
     if args.caption:
-        _, prefix = embed_images(embedder, read_image(args.caption, world_cfg.image_size)[None], device)
+        _, prefix = embed_images(embedder, load_image(args.caption, world_cfg.image_size)[None], device)
         print(describe(lm, tokenizer, prefix, args.sample_temperature)[0])
         return
     if args.ask:
-        _, prefix = embed_images(embedder, read_image(args.ask[0], world_cfg.image_size)[None], device)
+        _, prefix = embed_images(embedder, load_image(args.ask[0], world_cfg.image_size)[None], device)
         context_emb = image_context(lm, tokenizer, prefix)[0]                  # (1 + K, C)
         print(answer(lm, tokenizer, [context_emb], [args.ask[1].strip().lower()])[0])
         return
-    support = make_support_split(world_cfg, config["seed"])
-    results = evaluate(embedder, tower, make_eval_splits(world_cfg, config["seed"]), support,
-                       device, objective)
+    if args.data:  # your own pairs: retrieval, captioning, zero-shot over --classes
+        splits = {Path(args.data).stem: pairs_split(args.data, read_table(args, args.data),
+                                                    world_cfg.image_size)}
+        results = evaluate(embedder, tower, splits, None, device, objective, args.classes,
+                           args.templates)
+    else:
+        support = make_support_split(world_cfg, config["seed"])
+        results = evaluate(embedder, tower, make_eval_splits(world_cfg, config["seed"]), support,
+                           device, objective)
     print(format_table(results))
     if args.json:
         save_json(results, args.json)

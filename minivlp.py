@@ -11,11 +11,14 @@ Read it with tutorials/04_infonce_by_hand.ipynb for §5. Nothing runs on import:
 eval.py are the command-line faces of these functions.
 """
 
+import csv
+import io
 import json
 import math
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -204,7 +207,7 @@ def index_captions(texts):
 @dataclass
 class Split:
     """A set of rendered images and their captions; `captions` holds each distinct caption once."""
-    scenes: list                 # N scenes
+    scenes: list                 # N scenes (None for your own data: captions only)
     images: torch.Tensor         # (N, 3, H, W) uint8
     captions: list               # M distinct caption strings
     caption_index: torch.Tensor  # (N,) long: images[i] is described by captions[caption_index[i]]
@@ -245,15 +248,131 @@ def make_support_split(cfg, seed):
     return make_split(200, cfg.image_size, (seed, 4), held_out=False)
 
 
+def to_rgb(image):
+    """A PIL image of any mode (L, LA, P, RGBA, CMYK, I;16, I, F) -> mode RGB.
+
+    16- and 32-bit greys are scaled into 0..255 first (a plain convert would clip them to white),
+    and transparent pixels are laid over white (a plain convert would keep whatever colour they
+    hide, often black)."""
+    if image.mode.startswith("I;16"):
+        image = Image.fromarray((np.asarray(image, dtype=np.float64) / 257).round().astype(np.uint8))
+    elif image.mode in ("I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        low, high = values.min(), max(values.max(), values.min() + 1e-12)
+        image = Image.fromarray(((values - low) / (high - low) * 255).round().astype(np.uint8))
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        image = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image)
+    return image.convert("RGB")
+
+
 def load_image(path, image_size):
-    """Any image file -> (3, H, W) uint8 RGB: shorter side resized to image_size, centre crop."""
-    image = Image.open(path).convert("RGB")
+    """Any image file -> (3, H, W) uint8 RGB: shorter side resized to image_size, centre crop.
+
+    An image that is missing or does not decode is a ValueError that names the file."""
+    try:
+        with Image.open(path) as file:
+            image = to_rgb(file)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such image file") from None
+    except (OSError, ValueError, SyntaxError) as error:  # what PIL raises for a file it cannot read
+        raise ValueError(f"{path}: not a readable image ({error})") from None
     scale = image_size / min(image.size)
     image = image.resize((max(image_size, round(image.width * scale)),
                           max(image_size, round(image.height * scale))), Image.BICUBIC)
     left, top = (image.width - image_size) // 2, (image.height - image_size) // 2
     image = image.crop((left, top, left + image_size, top + image_size))
     return torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous()
+
+
+# Your own data: a table of image-caption pairs in open_clip's layout (a header, then one pair a
+# row: `filepath<TAB>title`), and optionally a plain-text corpus for the LM.
+
+def read_text(path):
+    """A UTF-8 text file -> str; a byte that is not UTF-8 is a ValueError naming file and line."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: is a folder, expected a file") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b"\n") + 1
+        raise ValueError(f"{path}, line {line}: not UTF-8 (byte 0x{data[error.start]:02x})") from None
+
+
+def read_pairs(path, separator, image_key, caption_key):
+    """A CSV/TSV file -> [(line number, image path, caption)]; image paths are relative to it."""
+    reader = csv.reader(io.StringIO(read_text(path), newline=""), delimiter=separator)
+    header = next(reader, None)
+    if not header:
+        raise ValueError(f"{path}: empty file, expected a header line with "
+                         f"'{image_key}' and '{caption_key}'")
+    for key, flag in ((image_key, "--csv-img-key"), (caption_key, "--csv-caption-key")):
+        if key not in header:
+            raise ValueError(f"{path}, line 1: no column '{key}' in the header {header} "
+                             f"(separator {separator!r}; choose the column with {flag})")
+    image_column, caption_column = header.index(image_key), header.index(caption_key)
+    rows = []
+    for row in reader:
+        line = reader.line_num
+        if not any(field.strip() for field in row):
+            continue                                                    # blank lines
+        if len(row) != len(header):
+            raise ValueError(f"{path}, line {line}: {len(row)} fields, the header has {len(header)}")
+        text = " ".join(row[caption_column].split())                   # one line, single spaces
+        if not text:
+            raise ValueError(f"{path}, line {line}: empty caption")
+        rows.append((line, Path(path).parent / row[image_column], text))
+    if not rows:
+        raise ValueError(f"{path}: no image-caption rows after the header (an empty dataset)")
+    return rows
+
+
+class DecodeRows(torch.utils.data.Dataset):
+    """Rows of read_pairs -> decoded images; an error comes back as text naming file and line
+    (so that a worker process never prints a traceback)."""
+
+    def __init__(self, table, rows, image_size):
+        self.table, self.rows, self.image_size = table, rows, image_size
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        line, image_path, _ = self.rows[i]
+        try:
+            return load_image(image_path, self.image_size), ""
+        except ValueError as error:
+            return torch.zeros(3, self.image_size, self.image_size, dtype=torch.uint8), \
+                f"{self.table}, line {line}: {error}"
+
+
+def pairs_split(table, rows, image_size, workers=2):
+    """Decode every image once, in parallel worker processes, into one uint8 tensor in memory
+    (3 KB an image at 32 x 32: a million images take 3 GB), so that training reads no file."""
+    loader = torch.utils.data.DataLoader(DecodeRows(table, rows, image_size), batch_size=64,
+                                         num_workers=workers if len(rows) > 256 else 0)
+    images = []
+    for batch, errors in loader:
+        for error in errors:
+            if error:
+                raise ValueError(error)
+        images.append(batch)
+    captions, caption_index = index_captions([text for _, _, text in rows])
+    return Split(None, torch.cat(images), captions, caption_index)
+
+
+def hold_out(table, rows, fraction, seed):
+    """A seeded split of a table's rows: (train rows, held-out rows), at least one row in each."""
+    if len(rows) < 2:
+        raise ValueError(f"{table}: one row cannot be split into training and held-out rows "
+                         f"(give more rows, or --val-data)")
+    order = np.random.default_rng((seed, 5)).permutation(len(rows))
+    n_held_out = max(1, round(fraction * len(rows)))
+    return [rows[i] for i in sorted(order[n_held_out:])], [rows[i] for i in sorted(order[:n_held_out])]
 
 
 def questions(scene, rng):
@@ -435,6 +554,7 @@ def held_out_loss(lm, stream, context, device, batch_size=256):
     """Mean next-token cross-entropy over the held-out stream, cut into consecutive windows."""
     was_training = lm.training
     lm.eval()
+    context = min(context, len(stream) - 1)                             # a small held-out corpus
     n = (len(stream) - 1) // context
     inputs = stream[:n * context].view(n, context)                      # (n, context)
     targets = stream[1:n * context + 1].view(n, context)
@@ -448,17 +568,22 @@ def held_out_loss(lm, stream, context, device, batch_size=256):
     return total / (n * context)
 
 
-def pretrain_lm(lm, train_stream, held_out_stream, cfg, device, seed):
+def pretrain_lm(lm, train_stream, held_out_stream, cfg, device, seed, checkpoints=None):
     """Next-token cross-entropy, AdamW, warmup + cosine decay, gradient clipping.
 
-    Returns a history with the training loss per step and the held-out loss and perplexity."""
+    Returns a history with the training loss per step and the held-out loss and perplexity.
+    checkpoints (a Checkpoints) saves the loop's state as it goes, or resumes it."""
+    checkpoints = checkpoints or Checkpoints()
     lm.to(device).train()
     optimizer = adamw(lm.parameters(), cfg.lr, cfg.weight_decay, device)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, cfg.steps))
     generator = torch.Generator().manual_seed(seed)
     history = {"loss": []}
+    first_step = checkpoints.start("lm", cfg.steps, {"lm": lm}, optimizer, schedule, generator,
+                                   history)
     start = time.perf_counter()
-    bar = tqdm(range(cfg.steps), desc="pretrain LM", dynamic_ncols=True)
+    bar = tqdm(range(first_step, cfg.steps), desc="pretrain LM", dynamic_ncols=True,
+               initial=first_step, total=cfg.steps)
     for step in bar:
         inputs, targets = random_windows(train_stream, cfg.batch_size, cfg.context, generator)
         inputs, targets = inputs.to(device), targets.to(device)
@@ -470,12 +595,15 @@ def pretrain_lm(lm, train_stream, held_out_stream, cfg, device, seed):
         nn.utils.clip_grad_norm_(lm.parameters(), cfg.grad_clip)
         optimizer.step()
         schedule.step()
-        if step % 20 == 0 or step == cfg.steps - 1:
+        logged = step % 20 == 0 or step == cfg.steps - 1
+        if logged:
             history["loss"].append((step, loss.item()))
-            tokens_per_s = (step + 1) * cfg.batch_size * cfg.context / (time.perf_counter() - start)
+            tokens_per_s = (step + 1 - first_step) * cfg.batch_size * cfg.context / (
+                time.perf_counter() - start)
             bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tokens_per_s:,.0f}")
+        checkpoints.after_step(step, loss, logged)
     history["seconds"] = time.perf_counter() - start
-    history["tokens_per_s"] = cfg.steps * cfg.batch_size * cfg.context / history["seconds"]
+    history["tokens_per_s"] = (cfg.steps - first_step) * cfg.batch_size * cfg.context / history["seconds"]
     history["held_out_loss"] = held_out_loss(lm, held_out_stream, cfg.context, device)
     history["held_out_perplexity"] = math.exp(history["held_out_loss"])
     return history
@@ -742,7 +870,7 @@ OBJECTIVES = ("contrastive", "prefix", "both")
 
 
 def align(embedder, temperature, tower, images, caption_index, captions, cfg, objective, device,
-          seed, train_lm=False):
+          seed, train_lm=False, checkpoints=None):
     """Train the embedder (and a learned τ) against the LM of the text tower.
 
     contrastive  InfoNCE between g(I_i) and t_i (§4.2)
@@ -753,8 +881,10 @@ def align(embedder, temperature, tower, images, caption_index, captions, cfg, ob
     frozen (the method), each caption's text embedding is computed once before the loop, since a
     frozen tower's outputs are constants. train_lm=True is the ablation that trains the LM too
     (LiT's 'unlocked' tower, Frozen's 'fine-tuned'): the text embeddings are then recomputed every
-    step, and the LM is frozen again at the end, for evaluation."""
+    step, and the LM is frozen again at the end, for evaluation. checkpoints (a Checkpoints)
+    saves the loop's state as it goes, or resumes it."""
     assert objective in OBJECTIVES, objective
+    checkpoints = checkpoints or Checkpoints()
     lm, tokenizer = tower.lm, tower.tokenizer
     embedder.to(device).train()
     temperature.to(device)
@@ -775,8 +905,12 @@ def align(embedder, temperature, tower, images, caption_index, captions, cfg, ob
     tokens = caption_tokens(tokenizer, captions, room).to(device)
     generator = torch.Generator(device=device).manual_seed(seed)
     history = {"loss": [], "temperature": [], "batch_R@1": []}
+    modules = {"embedder": embedder, "temperature": temperature, **({"lm": lm} if train_lm else {})}
+    first_step = checkpoints.start("align", cfg.steps, modules, optimizer, schedule, generator,
+                                   history)
     start = time.perf_counter()
-    bar = tqdm(range(cfg.steps), desc=f"align ({objective})", dynamic_ncols=True)
+    bar = tqdm(range(first_step, cfg.steps), desc=f"align ({objective})", dynamic_ncols=True,
+               initial=first_step, total=cfg.steps)
     for step in bar:
         batch = torch.randint(len(images), (cfg.batch_size,), device=device, generator=generator)
         caption_ids = caption_index[batch]                              # (B,)
@@ -797,7 +931,8 @@ def align(embedder, temperature, tower, images, caption_index, captions, cfg, ob
         optimizer.step()
         temperature.clamp_()
         schedule.step()
-        if step % 20 == 0 or step == cfg.steps - 1:  # .item() waits for the device: log sparsely
+        logged = step % 20 == 0 or step == cfg.steps - 1  # .item() waits for the device: log sparsely
+        if logged:
             history["loss"].append((step, loss.item()))
             history["temperature"].append((step, temperature().item()))
             if objective != "prefix":  # in-batch image -> text R@1: is the top caption the right one?
@@ -805,11 +940,12 @@ def align(embedder, temperature, tower, images, caption_index, captions, cfg, ob
                     scores = image_emb.float() @ F.normalize(text_batch.float(), dim=1).T  # (B, B)
                     hits = caption_ids[scores.argmax(dim=1)] == caption_ids
                 history["batch_R@1"].append((step, hits.float().mean().item()))
-            images_per_s = (step + 1) * cfg.batch_size / (time.perf_counter() - start)
+            images_per_s = (step + 1 - first_step) * cfg.batch_size / (time.perf_counter() - start)
             bar.set_postfix(loss=f"{loss.item():.3f}", tau=f"{temperature().item():.3f}",
                             img_s=f"{images_per_s:,.0f}")
+        checkpoints.after_step(step, loss, logged)
     history["seconds"] = time.perf_counter() - start
-    history["images_per_s"] = cfg.steps * cfg.batch_size / history["seconds"]
+    history["images_per_s"] = (cfg.steps - first_step) * cfg.batch_size / history["seconds"]
     embedder.eval()
     freeze(lm)
     return history
@@ -905,6 +1041,78 @@ def load_checkpoint(path):
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint")
     return checkpoint
+
+
+class TrainingStopped(Exception):
+    """A training loop stopped early: interrupted (state saved) or a non-finite loss."""
+
+    def __init__(self, message, exit_status):
+        super().__init__(message)
+        self.exit_status = exit_status
+
+
+class Checkpoints:
+    """Keeps a training loop resumable: its full state (models, optimizer, LR schedule, step, the
+    generator that draws the batches, history) is written to `path` every `every` steps, at the
+    end of the stage, and when a stop is requested (train.py asks on Ctrl-C and SIGTERM).
+    `resume_state` is such a state, read back for --resume: the loop continues after its step and
+    ends with the same weights as a run never stopped (on CPU, same seed).
+
+    Every loop also checks that its loss is finite, at every logged step and before every save, so
+    that a diverged state is never written. With path=None nothing is written (tests, tutorials)."""
+
+    def __init__(self, path=None, every=100, resume_state=None, extra=None):
+        self.path, self.every, self.resume_state = path, every, resume_state
+        self.extra = extra or {}             # plain data saved alongside (config, tokenizer)
+        self.stop_requested = None           # set to a reason (e.g. 'SIGTERM') to stop the loop
+        self.in_loop = False
+        self.saved = None                    # (stage, step) of the last state written
+
+    def start(self, stage, total_steps, modules, optimizer, schedule, generator, history):
+        """Register a loop's state; when resuming this stage, load it. Returns the first step."""
+        self.stage, self.total_steps, self.modules = stage, total_steps, modules
+        self.optimizer, self.schedule, self.generator, self.history = (optimizer, schedule,
+                                                                       generator, history)
+        self.in_loop = True
+        state = self.resume_state
+        if state is None or state["stage"] != stage:
+            return 0
+        for name, module in modules.items():
+            module.load_state_dict(state["modules"][name])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        generator.set_state(state["generator"])
+        history.update(state["history"])
+        self.saved = (stage, state["step"])
+        return state["step"] + 1
+
+    def after_step(self, step, loss, logged):
+        """Call after every optimizer step; `logged` says the loop read the loss this step."""
+        last = step == self.total_steps - 1
+        save = self.path is not None and (step % self.every == self.every - 1 or last
+                                          or self.stop_requested)
+        if (save or logged) and not math.isfinite(loss.item()):
+            kept = (f"{self.path} keeps the state of {self.saved[0]}, step {self.saved[1]}"
+                    if self.saved else "no state was saved")
+            raise TrainingStopped(f"{self.stage}, step {step}: the loss is {loss.item()}; "
+                                  f"stopping ({kept})", exit_status=1)
+        if save:
+            self.save(step)
+        if last:
+            self.in_loop = False
+        elif self.stop_requested:
+            raise TrainingStopped(f"{self.stop_requested}: stopped in {self.stage} at step {step}; "
+                                  f"{self.path} holds that state (continue with --resume)",
+                                  exit_status=130)
+
+    def save(self, step):
+        save_checkpoint({**self.extra, "stage": self.stage, "step": step,
+                         "modules": {name: m.state_dict() for name, m in self.modules.items()},
+                         "optimizer": self.optimizer.state_dict(),
+                         "schedule": self.schedule.state_dict(),
+                         "generator": self.generator.get_state(), "history": self.history},
+                        self.path)
+        self.saved = (self.stage, step)
 
 
 def save_json(data, path):

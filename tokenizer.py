@@ -82,8 +82,9 @@ class Tokenizer:
 
     # ---------------------------------------------------------------- training
     @classmethod
-    def train(cls, text: str, vocab_size: int) -> "Tokenizer":
-        """Learn vocab_size - 259 merges from `text`.
+    def train(cls, text: str, vocab_size: int, allow_fewer: bool = False) -> "Tokenizer":
+        """Learn vocab_size - 259 merges from `text` (with allow_fewer, fewer if the text runs
+        out of pairs to merge: a small corpus then gets the vocabulary it can fill).
 
         Pairs are counted over the distinct chunks of the text, each weighted by how often it
         occurs, so a few MB of text with a modest number of distinct words trains in seconds.
@@ -119,6 +120,8 @@ class Tokenizer:
         while len(merges) < num_merges:
             while heap and pair_counts.get(heap[0][1]) != -heap[0][0]:
                 heapq.heappop(heap)
+            if not heap and allow_fewer:
+                break
             if not heap:
                 raise ValueError(
                     f"text allows only {len(merges)} merges, so vocab_size can be at most "

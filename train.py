@@ -3,26 +3,31 @@
     python train.py                        # every stage on the built-in shapes world
     python train.py --stage lm             # only the tokenizer and the LM (writes OUT/lm.pt)
     python train.py --text-tower random    # the LM frozen at random initialisation, to compare
+    python train.py --data pairs.tsv --text corpus.txt     # your own image-caption pairs
+    python train.py ... --resume           # continue an interrupted run from OUT/train_state.pt
     python eval.py --compare out/*/metrics.json   # runs side by side (see the README's table)
 
-Writes OUT/lm.pt, OUT/minivlp.pt (everything eval.py needs), OUT/config.json, OUT/metrics.json.
+Writes OUT/lm.pt, OUT/minivlp.pt (everything eval.py needs), OUT/config.json, OUT/metrics.json,
+and OUT/train_state.pt (the state to resume from) as it goes. Every file is written atomically.
 """
 
 import argparse
 import math
+import signal
 import sys
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import torch
 
 from PIL import Image
 
-from eval import Parser, draw_pictures, evaluate, format_table
-from minivlp import (OBJECTIVES, AlignConfig, LMConfig, LanguageModel, Temperature, TextTower,
-                     VisualEmbedder, WorldConfig, align, encode_corpus, fit_whitening, freeze,
-                     held_out_loss, make_corpus, make_support_split, make_world, pretrain_lm,
+from eval import Parser, add_data_flags, draw_pictures, evaluate, format_table, read_table
+from minivlp import (OBJECTIVES, AlignConfig, Checkpoints, LMConfig, LanguageModel, Temperature,
+                     TextTower, TrainingStopped, VisualEmbedder, WorldConfig, align, encode_corpus,
+                     fit_whitening, freeze, held_out_loss, hold_out, load_checkpoint, make_corpus,
+                     make_support_split, make_world, pairs_split, pretrain_lm, read_text,
                      resolve_device, save_checkpoint, save_json, text_features)
 from tokenizer import Tokenizer
 
@@ -67,6 +72,18 @@ def build_parser():
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="auto picks CUDA when present (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the interrupted run in --out from its train_state.pt "
+                             "(give the same flags as the run)")
+    parser.add_argument("--checkpoint-every", type=number(int, False), default=100,
+                        help="save the training state every N steps (default: %(default)s)")
+    data = add_data_flags(parser)
+    data.add_argument("--val-data", help="pairs to evaluate on, in the same layout (default: a "
+                                         "seeded 10%% of --data's rows, kept out of training)")
+    data.add_argument("--text", help="a UTF-8 text file, one document a line, to pretrain the "
+                                     "tokenizer and LM on (default with --data: its captions)")
+    data.add_argument("--lm", help="reuse the tokenizer and LM of this lm.pt or minivlp.pt "
+                                   "instead of pretraining (its --lm-* settings replace yours)")
     for group, (config_class, prefix) in CONFIGS.items():
         flags = parser.add_argument_group(config_class.__name__)
         for field in fields(config_class):
@@ -92,33 +109,118 @@ def parse_configs(argv):
         parser.error(f"--lm-width {lm_cfg.width} must be a multiple of --lm-heads {lm_cfg.heads}")
     if world_cfg.image_size % 8:
         parser.error(f"--image-size {world_cfg.image_size} must be a multiple of 8 (three 2x poolings)")
+    if args.lm and args.text_tower not in PRETRAINED:
+        parser.error(f"--lm gives a pretrained LM, but --text-tower {args.text_tower} starts "
+                     f"from a random one")
+    if args.val_data and not args.data:
+        parser.error("--val-data needs --data (the built-in world has its own splits)")
     return args, configs
 
 
-def pretrain_stage(lm_cfg, world_cfg, text_tower, device, seed):
-    """§3.2 step 1: tokenizer and LM on the text-only corpus, then freeze the LM."""
-    corpus = make_corpus(world_cfg.corpus_documents, seed)
-    tokenizer = Tokenizer.train("\n".join(corpus), lm_cfg.vocab_size)
-    held_out = max(1, len(corpus) // 20)  # 5% of documents for held-out loss and perplexity
-    train_stream = encode_corpus(tokenizer, corpus[held_out:])
-    held_out_stream = encode_corpus(tokenizer, corpus[:held_out])
+def writable_folder(path):
+    """Create the output folder and check that files can be written in it, before any work."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise ValueError(f"--out {path}: cannot write there ({error.strerror})") from None
+    return out
+
+
+def read_data(args, image_size, seed):
+    """--data (and --val-data, or else a seeded 10% of --data's rows) -> {"train", "val"} splits."""
+    rows = read_table(args, args.data)
+    if args.val_data:
+        val_rows, val_table = read_table(args, args.val_data), args.val_data
+    else:
+        (rows, val_rows), val_table = hold_out(args.data, rows, 0.1, seed), args.data
+    return {"train": pairs_split(args.data, rows, image_size),
+            "val": pairs_split(val_table, val_rows, image_size)}
+
+
+def read_corpus(args, world_cfg, data, seed):
+    """The LM's text as a list of documents: the built-in corpus, --text (one document a
+    non-empty line), or the captions of your training pairs. Returns (documents, where from)."""
+    if args.text:
+        documents = [line.strip() for line in read_text(args.text).splitlines() if line.strip()]
+        source = args.text
+    elif args.data:
+        train = data["train"]
+        documents, source = [train.captions[j] for j in train.caption_index], f"{args.data} captions"
+    else:
+        return make_corpus(world_cfg.corpus_documents, seed), "built-in corpus"
+    if len(documents) < 2:
+        raise ValueError(f"{source}: {len(documents)} non-empty line(s); the LM needs at least 2 "
+                         f"documents (one is held out)")
+    return documents, source
+
+
+def train_tokenizer(documents, source, vocab_size, asked):
+    """BPE on the corpus. A vocabulary the user asked for (--lm-vocab-size) must fit the text;
+    the default shrinks to what a small corpus can fill, so small datasets work as they are."""
+    try:
+        tokenizer = Tokenizer.train("\n".join(documents), vocab_size, allow_fewer=not asked)
+    except ValueError as error:  # the text is too small for the vocabulary asked
+        raise ValueError(f"{source}: {error} (set --lm-vocab-size)") from None
+    if tokenizer.vocab_size < vocab_size:
+        print(f"{source} allows {tokenizer.vocab_size} tokens: the vocabulary is that size")
+    return tokenizer
+
+
+def warn_if_truncated(tokenizer, splits, lm_cfg, prefix_tokens):
+    """Captions longer than the LM can read are cut; say so once, with the count."""
+    newline = len(tokenizer.encode("\n"))
+    longest = min((lm_cfg.context - 1 - newline) // 2,                  # text features read T twice
+                  lm_cfg.context - 1 - prefix_tokens - 2 * newline)     # captioning after the prefix
+    captions = {text for split in splits.values() for text in split.captions}
+    cut = sum(len(tokenizer.encode(text)) > longest for text in captions)
+    if cut:
+        print(f"train.py: warning: {cut} of {len(captions)} captions are longer than the "
+              f"{longest} tokens the LM reads (--lm-context {lm_cfg.context}) and were truncated",
+              file=sys.stderr)
+
+
+def pretrain_stage(lm_cfg, documents, tokenizer, text_tower, device, seed, checkpoints):
+    """§3.2 step 1: the LM on the text-only corpus, then freeze it."""
+    held_out = max(1, len(documents) // 20)  # 5% of documents for held-out loss and perplexity
+    train_stream = encode_corpus(tokenizer, documents[held_out:])
+    held_out_stream = encode_corpus(tokenizer, documents[:held_out])
+    if len(train_stream) <= lm_cfg.context + 1:
+        raise ValueError(f"the corpus gives {len(train_stream)} training tokens, fewer than one "
+                         f"window of --lm-context {lm_cfg.context}: give more text (--text)")
     torch.manual_seed(seed)
     lm = LanguageModel(lm_cfg).to(device)
     if text_tower in PRETRAINED:
-        history = pretrain_lm(lm, train_stream, held_out_stream, lm_cfg, device, seed)
+        history = pretrain_lm(lm, train_stream, held_out_stream, lm_cfg, device, seed, checkpoints)
         print(f"LM: {lm_cfg.steps} steps in {history['seconds']:.1f} s, "
               f"{history['tokens_per_s']:,.0f} tokens/s, held-out loss {history['held_out_loss']:.3f} "
               f"(perplexity {history['held_out_perplexity']:.2f})")
     else:
         history = {"held_out_loss": held_out_loss(lm, held_out_stream, lm_cfg.context, device)}
         print(f"LM left at random initialisation: held-out loss {history['held_out_loss']:.3f}")
-    return tokenizer, freeze(lm), history
+    return freeze(lm), history
 
 
-def align_stage(tokenizer, lm, world_cfg, lm_cfg, align_cfg, objective, text_tower, device, seed):
+def load_lm(path, device):
+    """A pretrained (tokenizer, LM, LM config, history) from lm.pt or minivlp.pt."""
+    checkpoint = load_checkpoint(path)
+    try:
+        lm_cfg = LMConfig(**checkpoint["config"]["lm"])
+        lm = LanguageModel(lm_cfg)
+        lm.load_state_dict(checkpoint["lm"])
+    except (KeyError, TypeError, RuntimeError) as error:  # missing keys, other shapes
+        raise ValueError(f"{path}: no LM this train.py can rebuild "
+                         f"({type(error).__name__}: {str(error).splitlines()[0]})") from None
+    return (Tokenizer.from_dict(checkpoint["tokenizer"]), freeze(lm.to(device)), lm_cfg,
+            checkpoint["history"]["lm"])
+
+
+def align_stage(tokenizer, lm, train, world_cfg, lm_cfg, align_cfg, objective, text_tower, device,
+                seed, checkpoints):
     """§3.2 steps 2-3: the text tower (LM + fixed whitening), then train the embedder."""
-    world = make_world(world_cfg, seed)
-    train = world["train"]
     mean, matrix = fit_whitening(text_features(lm, tokenizer, train.captions, device))
     tower = TextTower(lm, tokenizer, mean, matrix, device)
     torch.manual_seed(seed)
@@ -126,16 +228,39 @@ def align_stage(tokenizer, lm, world_cfg, lm_cfg, align_cfg, objective, text_tow
     temperature = Temperature(align_cfg.temperature, align_cfg.learn_temperature)
     history = align(embedder, temperature, tower, train.images, train.caption_index,
                     train.captions, align_cfg, objective, device, seed,
-                    train_lm=text_tower in LEARNING)
+                    train_lm=text_tower in LEARNING, checkpoints=checkpoints)
     print(f"alignment: {align_cfg.steps} steps in {history['seconds']:.1f} s, "
           f"{history['images_per_s']:,.0f} images/s, final τ {temperature().item():.4f}")
-    return world, tower, embedder, temperature, history
+    return tower, embedder, temperature, history
+
+
+def resume_state(path, run_config):
+    """The saved training state of an interrupted run, if its configuration is this run's."""
+    state = load_checkpoint(path)
+    if "stage" not in state:
+        raise ValueError(f"{path}: not a training state (train.py writes train_state.pt)")
+    saved, now = flatten(state["config"]), flatten(run_config)
+    for key in sorted(saved.keys() | now.keys()):
+        if key != "device" and saved.get(key) != now.get(key):
+            raise ValueError(f"--resume: {path} was written with {key} = {saved.get(key)!r}, "
+                             f"this run asks for {now.get(key)!r} (give the same flags)")
+    return state
+
+
+def flatten(config, prefix=""):
+    items = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            items.update(flatten(value, f"{prefix}{key}."))
+        else:
+            items[prefix + key] = value
+    return items
 
 
 def save_examples(split, out, count=4):
-    """A few `test` images as PNG files, to try `eval.py --caption` and `--ask` on."""
+    """A few held-out images as PNG files, to try `eval.py --caption` and `--ask` on."""
     paths = []
-    for i in range(count):
+    for i in range(min(count, len(split.images))):
         path = out / f"example_{i}.png"
         Image.fromarray(split.images[i].permute(1, 2, 0).numpy()).save(path)
         paths.append(f"{path}: {split.captions[split.caption_index[i]]}")
@@ -147,15 +272,38 @@ def main(argv=None):
     args, configs = parse_configs(argv)
     world_cfg, lm_cfg, align_cfg = configs["world"], configs["lm"], configs["align"]
     device = resolve_device(args.device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_folder(args.out)
+    state_path = out / "train_state.pt"
+
+    # Read and check every input before anything is written: bad input leaves `out` as it was.
+    data = (read_data(args, world_cfg.image_size, args.seed) if args.data
+            else make_world(world_cfg, args.seed))
+    documents, source = read_corpus(args, world_cfg, data, args.seed)
+    if args.lm:
+        tokenizer, lm, lm_cfg, lm_history = load_lm(args.lm, device)
+        configs["lm"] = lm_cfg
+    else:
+        tokenizer = train_tokenizer(documents, source, lm_cfg.vocab_size,
+                                    asked=any(a.split("=")[0] == "--lm-vocab-size"
+                                              for a in (sys.argv[1:] if argv is None else argv)))
+        configs["lm"] = lm_cfg = replace(lm_cfg, vocab_size=tokenizer.vocab_size)
     run_config = {"seed": args.seed, "text_tower": args.text_tower, "objective": args.objective,
+                  "data": args.data, "val_data": args.val_data, "text": args.text, "lm": args.lm,
                   "device": str(device),
                   **{group: asdict(config) for group, config in configs.items()}}
+    saved = resume_state(state_path, run_config) if args.resume else None
+    warn_if_truncated(tokenizer, data, lm_cfg, align_cfg.prefix_tokens)
     print("config:", run_config)
     save_json(run_config, out / "config.json")
+    checkpoints = Checkpoints(state_path, args.checkpoint_every, saved,
+                              extra={"config": run_config, "tokenizer": tokenizer.to_dict()})
+    stop_on_signals(checkpoints)
 
-    tokenizer, lm, lm_history = pretrain_stage(lm_cfg, world_cfg, args.text_tower, device, args.seed)
+    if saved is not None and saved["stage"] == "align":  # the LM stage had finished
+        tokenizer, lm, _, lm_history = load_lm(out / "lm.pt", device)
+    elif not args.lm:
+        lm, lm_history = pretrain_stage(lm_cfg, documents, tokenizer, args.text_tower, device,
+                                        args.seed, checkpoints)
     checkpoint = {"config": run_config, "tokenizer": tokenizer.to_dict(), "lm": lm.state_dict(),
                   "history": {"lm": lm_history}}
     save_checkpoint(checkpoint, out / "lm.pt")
@@ -163,18 +311,18 @@ def main(argv=None):
         print(f"wrote {out / 'lm.pt'}")
         return
 
-    world, tower, embedder, temperature, align_history = align_stage(
-        tokenizer, lm, world_cfg, lm_cfg, align_cfg, args.objective, args.text_tower, device,
-        args.seed)
+    tower, embedder, temperature, align_history = align_stage(
+        tokenizer, lm, data["train"], world_cfg, lm_cfg, align_cfg, args.objective,
+        args.text_tower, device, args.seed, checkpoints)
     checkpoint.update(lm=lm.state_dict(),  # unchanged for a frozen tower, trained otherwise
                       embedder=embedder.state_dict(), temperature=temperature().item(),
                       whitening_mean=tower.mean.cpu(), whitening_matrix=tower.matrix.cpu(),
                       history={"lm": lm_history, "align": align_history})
     save_checkpoint(checkpoint, out / "minivlp.pt")
 
-    support = make_support_split(world_cfg, args.seed)
-    metrics = evaluate(embedder, tower, {name: world[name] for name in world if name != "train"},
-                       support, device, args.objective)
+    held_out = {name: split for name, split in data.items() if name != "train"}
+    support = None if args.data else make_support_split(world_cfg, args.seed)
+    metrics = evaluate(embedder, tower, held_out, support, device, args.objective)
     trainable = sum(p.numel() for p in embedder.parameters()) + int(align_cfg.learn_temperature)
     if args.text_tower in LEARNING:
         trainable += sum(p.numel() for p in lm.parameters())
@@ -184,16 +332,44 @@ def main(argv=None):
                       "trainable_parameters": trainable}
     save_json(metrics, out / "metrics.json")
     print(format_table(metrics))
-    pictures = draw_pictures(embedder, tower, world["test"], {"lm": lm_history, "align": align_history},
+    shown = data["val"] if args.data else data["test"]
+    pictures = draw_pictures(embedder, tower, shown, {"lm": lm_history, "align": align_history},
                              args.objective, device, out)
     print(f"wrote {out / 'minivlp.pt'}, {out / 'metrics.json'}, pictures "
           f"({', '.join(path.name for path in pictures)}) and example images:")
-    print("\n".join(save_examples(world["test"], out)))
+    print("\n".join(save_examples(shown, out)))
+
+
+def stop_on_signals(checkpoints):
+    """Ctrl-C and SIGTERM: inside a training loop, finish the step, save, stop (TrainingStopped);
+    elsewhere, stop at once (KeyboardInterrupt). Nothing half-written is left either way."""
+    def request_stop(signum, frame):
+        if not checkpoints.in_loop:
+            raise KeyboardInterrupt
+        checkpoints.stop_requested = signal.Signals(signum).name
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, request_stop)
+
+
+def cli(argv=None):
+    """Run main; an expected failure is one line on stderr and an exit status, no traceback."""
+    try:
+        main(argv)
+    except (ValueError, OSError) as error:
+        print(f"train.py: error: {error}", file=sys.stderr)
+        return 2
+    except TrainingStopped as stopped:
+        print(f"train.py: {stopped}", file=sys.stderr)
+        return stopped.exit_status
+    except KeyboardInterrupt:
+        print("train.py: interrupted (outside a training loop: nothing to save)", file=sys.stderr)
+        return 130
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_DFL if signum == signal.SIGTERM
+                          else signal.default_int_handler)
+    return 0
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, OSError) as error:
-        print(f"train.py: error: {error}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(cli())
