@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
@@ -574,21 +575,24 @@ def pretrain_lm(lm, train_stream, held_out_stream, cfg, device, seed, checkpoint
     Returns a history with the training loss per step and the held-out loss and perplexity.
     checkpoints (a Checkpoints) saves the loop's state as it goes, or resumes it."""
     checkpoints = checkpoints or Checkpoints()
+    rank, world = rank_and_world()
     lm.to(device).train()
+    model = data_parallel(lm, device)
     optimizer = adamw(lm.parameters(), cfg.lr, cfg.weight_decay, device)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, cfg.steps))
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed + rank)              # each process its windows
     history = {"loss": []}
     first_step = checkpoints.start("lm", cfg.steps, {"lm": lm}, optimizer, schedule, generator,
                                    history)
     start = time.perf_counter()
     bar = tqdm(range(first_step, cfg.steps), desc="pretrain LM", dynamic_ncols=True,
-               initial=first_step, total=cfg.steps)
+               initial=first_step, total=cfg.steps, disable=rank > 0)
     for step in bar:
-        inputs, targets = random_windows(train_stream, cfg.batch_size, cfg.context, generator)
+        inputs, targets = random_windows(train_stream, cfg.batch_size // world, cfg.context,
+                                         generator)
         inputs, targets = inputs.to(device), targets.to(device)
         with autocast(device):
-            logits = lm.logits(lm(inputs))                              # (B, T, V)
+            logits = lm.logits(model(inputs))                           # (B, T, V)
         loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -766,7 +770,7 @@ class Temperature(nn.Module):
         self.log_tau.clamp_(min=math.log(self.MIN))
 
 
-def info_nce(image_emb, text_emb, temperature, symmetric=True, caption_ids=None):
+def info_nce(image_emb, text_emb, temperature, symmetric=True, caption_ids=None, rows=None):
     """InfoNCE loss of §4.2 with cosine similarity.
 
         sim(v, t) = v·t / (|v| |t|)            logits[i, j] = sim(v_i, t_j) / τ
@@ -779,24 +783,30 @@ def info_nce(image_emb, text_emb, temperature, symmetric=True, caption_ids=None)
     symmetric=False is §4.2 exactly (image -> text). symmetric=True averages it with the same loss
     for text -> image (CLIP). caption_ids (B,) marks rows that share a caption: such a caption is
     not a negative of the other's image (it describes it just as well), so those off-diagonal
-    pairs are left out of the denominators.
+    pairs are left out of the denominators. rows (a slice of 0..B-1, default all) scores only
+    those images and texts, each against all B: the "local loss" of a data-parallel run, where
+    each process owns a slice of the global batch and sees every other process's rows as negatives.
     """
+    rows = rows or slice(0, len(image_emb))
     image_emb = image_emb / image_emb.norm(dim=1, keepdim=True)        # (B, C) unit vectors
     text_emb = text_emb / text_emb.norm(dim=1, keepdim=True)           # (B, C)
-    logits = image_emb @ text_emb.T / temperature                      # (B,C) @ (C,B) -> (B, B)
+    positive = torch.arange(rows.start, rows.stop, device=image_emb.device)  # (b,) columns of i, i
+    local = torch.arange(len(positive), device=image_emb.device)       # (b,)
     if caption_ids is not None:
-        duplicate = caption_ids[:, None] == caption_ids[None, :]       # (B, B)
-        duplicate.fill_diagonal_(False)
-        logits = logits.masked_fill(duplicate, float("-inf"))
+        duplicate = caption_ids[rows, None] == caption_ids[None, :]    # (b, B)
+        duplicate[local, positive] = False
 
-    def image_to_text(logits):
-        row_max = logits.max(dim=1, keepdim=True).values.detach()      # (B, 1): m_i
+    def one_way(queries, keys):
+        logits = queries[rows] @ keys.T / temperature                  # (b,C) @ (C,B) -> (b, B)
+        if caption_ids is not None:
+            logits = logits.masked_fill(duplicate, float("-inf"))
+        row_max = logits.max(dim=1, keepdim=True).values.detach()      # (b, 1): m_i
         log_denominator = row_max.squeeze(1) + (logits - row_max).exp().sum(dim=1).log()
-        return (log_denominator - logits.diagonal()).mean()
+        return (log_denominator - logits[local, positive]).mean()
 
     if not symmetric:
-        return image_to_text(logits)
-    return (image_to_text(logits) + image_to_text(logits.T)) / 2
+        return one_way(image_emb, text_emb)
+    return (one_way(image_emb, text_emb) + one_way(text_emb, image_emb)) / 2
 
 
 # ------------------------------------------------------------------------------------------------
@@ -869,6 +879,71 @@ def generate(lm, context_emb, prompt, max_new_tokens, sample_temperature=0.0, ge
 OBJECTIVES = ("contrastive", "prefix", "both")
 
 
+# Data parallel (torchrun): each of W processes draws its own B/W of the global batch of B. DDP
+# averages the gradients of the trained modules over processes; InfoNCE needs one more step,
+# since every image's negatives are the texts of the *global* batch.
+
+def rank_and_world():
+    """(this process's rank, number of processes): (0, 1) unless started by torchrun."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class GatherWithGrad(torch.autograd.Function):
+    """(b, C) rows of this process -> (W * b, C) rows of all processes, in rank order.
+
+    Forward is an all-gather. In backward, each process's loss has put a gradient on every row;
+    the gradient of this process's own rows is their sum over processes (an all-reduce), of which
+    it keeps its slice. With DDP's average over processes on top, the parameters get the gradient
+    of the global batch's loss (open_clip's "local loss + gather with grad")."""
+
+    @staticmethod
+    def forward(ctx, local):
+        gathered = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, local.contiguous())
+        return torch.cat(gathered)                                      # (W * b, C)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous()
+        dist.all_reduce(grad)                                           # sum over the W losses
+        rank, world = rank_and_world()
+        b = len(grad) // world
+        return grad[rank * b:(rank + 1) * b]                            # (b, C)
+
+
+def global_info_nce(image_emb, text_emb, temperature, caption_ids):
+    """InfoNCE over the global batch: this process's b rows scored against all W * b."""
+    rank, world = rank_and_world()
+    if world == 1:
+        return info_nce(image_emb, text_emb, temperature, caption_ids=caption_ids)
+    all_ids = [torch.empty_like(caption_ids) for _ in range(world)]
+    dist.all_gather(all_ids, caption_ids)
+    b = len(image_emb)
+    return info_nce(GatherWithGrad.apply(image_emb), GatherWithGrad.apply(text_emb), temperature,
+                    caption_ids=torch.cat(all_ids), rows=slice(rank * b, (rank + 1) * b))
+
+
+def average_gradients(parameters):
+    """The mean gradient over processes, for trained tensors outside DDP (τ; the LM in the
+    finetune and scratch ablations, whose text features pass through GatherWithGrad too)."""
+    _, world = rank_and_world()
+    for p in parameters:
+        if world > 1 and p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= world
+
+
+def data_parallel(module, device, every_parameter_used=True):
+    """DDP around a module when torchrun started W > 1 processes; the module itself otherwise."""
+    if rank_and_world()[1] == 1:
+        return module
+    return nn.parallel.DistributedDataParallel(
+        module, device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=not every_parameter_used)
+
+
 def align(embedder, temperature, tower, images, caption_index, captions, cfg, objective, device,
           seed, train_lm=False, checkpoints=None):
     """Train the embedder (and a learned τ) against the LM of the text tower.
@@ -882,11 +957,14 @@ def align(embedder, temperature, tower, images, caption_index, captions, cfg, ob
     frozen tower's outputs are constants. train_lm=True is the ablation that trains the LM too
     (LiT's 'unlocked' tower, Frozen's 'fine-tuned'): the text embeddings are then recomputed every
     step, and the LM is frozen again at the end, for evaluation. checkpoints (a Checkpoints)
-    saves the loop's state as it goes, or resumes it."""
+    saves the loop's state as it goes, or resumes it. Under torchrun each process draws
+    cfg.batch_size / W of each step's batch (see data_parallel above)."""
     assert objective in OBJECTIVES, objective
     checkpoints = checkpoints or Checkpoints()
     lm, tokenizer = tower.lm, tower.tokenizer
+    rank, world = rank_and_world()
     embedder.to(device).train()
+    model = data_parallel(embedder, device, every_parameter_used=objective == "both")
     temperature.to(device)
     trained = list(embedder.parameters()) + list(temperature.parameters())
     if train_lm:
@@ -903,20 +981,21 @@ def align(embedder, temperature, tower, images, caption_index, captions, cfg, ob
     images, caption_index = images.to(device), caption_index.to(device)
     room = lm.context - 1 - embedder.prefix_shape[0]                   # after <bos> and the prefix
     tokens = caption_tokens(tokenizer, captions, room).to(device)
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generator = torch.Generator(device=device).manual_seed(seed + rank)  # each its own batches
     history = {"loss": [], "temperature": [], "batch_R@1": []}
     modules = {"embedder": embedder, "temperature": temperature, **({"lm": lm} if train_lm else {})}
     first_step = checkpoints.start("align", cfg.steps, modules, optimizer, schedule, generator,
                                    history)
     start = time.perf_counter()
     bar = tqdm(range(first_step, cfg.steps), desc=f"align ({objective})", dynamic_ncols=True,
-               initial=first_step, total=cfg.steps)
+               initial=first_step, total=cfg.steps, disable=rank > 0)
     for step in bar:
-        batch = torch.randint(len(images), (cfg.batch_size,), device=device, generator=generator)
+        batch = torch.randint(len(images), (cfg.batch_size // world,), device=device,
+                              generator=generator)
         caption_ids = caption_index[batch]                              # (B,)
         loss = 0.0
         with autocast(device):
-            image_emb, prefix = embedder(images[batch])                 # (B, C), (B, K, C)
+            image_emb, prefix = model(images[batch])                    # (B, C), (B, K, C)
             if objective != "contrastive":
                 loss = prefix_loss(lm, tokenizer, prefix, tokens[caption_ids])
             if objective != "prefix" and train_lm:
@@ -924,10 +1003,11 @@ def align(embedder, temperature, tower, images, caption_index, captions, cfg, ob
         if objective != "prefix":  # outside autocast: the loss in float32
             if not train_lm:
                 text_batch = text_emb[caption_ids]                      # (B, C)
-            loss = loss + info_nce(image_emb.float(), text_batch.float(), temperature(),
-                                   caption_ids=caption_ids)
+            loss = loss + global_info_nce(image_emb.float(), text_batch.float(), temperature(),
+                                          caption_ids)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(list(temperature.parameters()) + (list(lm.parameters()) if train_lm else []))
         optimizer.step()
         temperature.clamp_()
         schedule.step()

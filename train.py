@@ -5,6 +5,7 @@
     python train.py --text-tower random    # the LM frozen at random initialisation, to compare
     python train.py --data pairs.tsv --text corpus.txt     # your own image-caption pairs
     python train.py ... --resume           # continue an interrupted run from OUT/train_state.pt
+    torchrun --nproc_per_node=4 train.py   # data parallel over 4 processes (GPUs, or CPUs)
     python eval.py --compare out/*/metrics.json   # runs side by side (see the README's table)
 
 Writes OUT/lm.pt, OUT/minivlp.pt (everything eval.py needs), OUT/config.json, OUT/metrics.json,
@@ -13,6 +14,7 @@ and OUT/train_state.pt (the state to resume from) as it goes. Every file is writ
 
 import argparse
 import math
+import os
 import signal
 import sys
 import time
@@ -20,15 +22,15 @@ from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import torch
-
+import torch.distributed as dist
 from PIL import Image
 
 from eval import Parser, add_data_flags, draw_pictures, evaluate, format_table, read_table
 from minivlp import (OBJECTIVES, AlignConfig, Checkpoints, LMConfig, LanguageModel, Temperature,
                      TextTower, TrainingStopped, VisualEmbedder, WorldConfig, align, encode_corpus,
                      fit_whitening, freeze, held_out_loss, hold_out, load_checkpoint, make_corpus,
-                     make_support_split, make_world, pairs_split, pretrain_lm, read_text,
-                     resolve_device, save_checkpoint, save_json, text_features)
+                     make_support_split, make_world, pairs_split, pretrain_lm, rank_and_world,
+                     read_text, resolve_device, save_checkpoint, save_json, text_features)
 from tokenizer import Tokenizer
 
 # Each config dataclass becomes a group of flags; LM fields carry the prefix --lm- so that
@@ -271,7 +273,12 @@ def main(argv=None):
     start = time.perf_counter()
     args, configs = parse_configs(argv)
     world_cfg, lm_cfg, align_cfg = configs["world"], configs["lm"], configs["align"]
-    device = resolve_device(args.device)
+    device = join_processes(args.device)
+    rank, world = rank_and_world()
+    if world > 1:
+        check_data_parallel(args, configs, world)
+    if rank > 0:
+        sys.stdout = open(os.devnull, "w")  # only rank 0 prints, evaluates and writes files
     out = writable_folder(args.out)
     state_path = out / "train_state.pt"
 
@@ -293,11 +300,13 @@ def main(argv=None):
                   **{group: asdict(config) for group, config in configs.items()}}
     saved = resume_state(state_path, run_config) if args.resume else None
     warn_if_truncated(tokenizer, data, lm_cfg, align_cfg.prefix_tokens)
-    print("config:", run_config)
-    save_json(run_config, out / "config.json")
-    checkpoints = Checkpoints(state_path, args.checkpoint_every, saved,
+    print("config:", run_config, f"({world} processes)" if world > 1 else "")
+    if rank == 0:
+        save_json(run_config, out / "config.json")
+    checkpoints = Checkpoints(state_path if world == 1 else None, args.checkpoint_every, saved,
                               extra={"config": run_config, "tokenizer": tokenizer.to_dict()})
-    stop_on_signals(checkpoints)
+    if world == 1:  # under torchrun, torchrun itself stops every process
+        stop_on_signals(checkpoints)
 
     if saved is not None and saved["stage"] == "align":  # the LM stage had finished
         tokenizer, lm, _, lm_history = load_lm(out / "lm.pt", device)
@@ -306,7 +315,8 @@ def main(argv=None):
                                         args.seed, checkpoints)
     checkpoint = {"config": run_config, "tokenizer": tokenizer.to_dict(), "lm": lm.state_dict(),
                   "history": {"lm": lm_history}}
-    save_checkpoint(checkpoint, out / "lm.pt")
+    if rank == 0:
+        save_checkpoint(checkpoint, out / "lm.pt")
     if args.stage == "lm":
         print(f"wrote {out / 'lm.pt'}")
         return
@@ -318,6 +328,8 @@ def main(argv=None):
                       embedder=embedder.state_dict(), temperature=temperature().item(),
                       whitening_mean=tower.mean.cpu(), whitening_matrix=tower.matrix.cpu(),
                       history={"lm": lm_history, "align": align_history})
+    if rank > 0:
+        return
     save_checkpoint(checkpoint, out / "minivlp.pt")
 
     held_out = {name: split for name, split in data.items() if name != "train"}
@@ -338,6 +350,30 @@ def main(argv=None):
     print(f"wrote {out / 'minivlp.pt'}, {out / 'metrics.json'}, pictures "
           f"({', '.join(path.name for path in pictures)}) and example images:")
     print("\n".join(save_examples(shown, out)))
+
+
+def join_processes(device_name):
+    """Under torchrun (WORLD_SIZE > 1) join the process group: NCCL with one GPU a process, or gloo
+    on CPUs. A plain run is one process and needs none of this."""
+    device = resolve_device(device_name)
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def check_data_parallel(args, configs, world):
+    if args.resume:
+        raise ValueError("--resume: a run under torchrun saves no training state to resume "
+                         "(run it again, or resume a single-process run)")
+    for flag, batch in (("--batch-size", configs["align"].batch_size),
+                        ("--lm-batch-size", configs["lm"].batch_size)):
+        if batch % world:
+            raise ValueError(f"{flag} {batch}: the global batch must split evenly over "
+                             f"{world} processes")
 
 
 def stop_on_signals(checkpoints):
@@ -365,6 +401,8 @@ def cli(argv=None):
         print("train.py: interrupted (outside a training loop: nothing to save)", file=sys.stderr)
         return 130
     finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, signal.SIG_DFL if signum == signal.SIGTERM
                           else signal.default_int_handler)
