@@ -11,6 +11,7 @@ answering through the frozen LM (prefix head), with the same LM answering blind 
 """
 
 import argparse
+import fnmatch
 import json
 import math
 import sys
@@ -22,11 +23,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from minivlp import (COLOURS, POSITIONS, SHAPES, SYNONYMS, LanguageModel, LMConfig, TextTower,
-                     VisualEmbedder, WorldConfig, all_scenes, caption, embed_images, freeze,
+from minivlp import (COLOURS, LETTERS, POSITIONS, SHAPES, SIZES, WORLDS, Glyph, LanguageModel,
+                     LMConfig, TextTower, VisualEmbedder, WorldConfig, caption, embed_images, freeze,
                      generate, image_context, load_checkpoint, load_image, make_eval_splits,
                      make_support_split, pairs_split, questions, read_pairs, resolve_device,
-                     retrieval_metrics, save_json, zeroshot_accuracy)
+                     retrieval_metrics, save_json, zeroshot_accuracy, zeroshot_attributes)
 from tokenizer import Tokenizer
 
 
@@ -45,8 +46,9 @@ class Parser(argparse.ArgumentParser):
 # Generated text: cut it, parse it with the grammar, score it.
 # ------------------------------------------------------------------------------------------------
 
-PLAIN_WORD = {synonym: word for word, synonym in SYNONYMS.items()}
-SCENE_OF_CAPTION = {caption(scene): scene for scene in all_scenes()}
+PLAIN_WORD = {synonym: word for world in WORLDS.values()
+              for word, synonym in world["synonyms"].items()}
+SCENE_OF_CAPTION = {caption(scene): scene for world in WORLDS.values() for scene in world["all"]()}
 
 
 def first_line(tokenizer, ids):
@@ -62,7 +64,10 @@ def parse_caption(text):
 
 
 def attributes(scene):
-    """What a caption must get right: colours and shapes, then size and position or relation."""
+    """What a caption must get right: colours and shapes, then size and position or relation
+    (glyphs: colour, letter, size, background)."""
+    if isinstance(scene, Glyph):
+        return zeroshot_attributes(scene)
     named = {"colour": tuple(c for c, _ in scene.objects), "shape": tuple(s for _, s in scene.objects)}
     if len(scene.objects) == 1:
         return {**named, "size": scene.size, "position": scene.where}
@@ -94,7 +99,7 @@ def bleu4(candidates, references):
 # Captioning and question answering through the frozen LM.
 # ------------------------------------------------------------------------------------------------
 
-ANSWERS = [*COLOURS, *SHAPES, "one", "two", *POSITIONS, "yes", "no"]   # every answer questions() gives
+ANSWERS = [*COLOURS, *SHAPES, "one", "two", *POSITIONS, *LETTERS, *SIZES, "yes", "no"]  # of questions()
 
 
 def describe(lm, tokenizer, prefixes, sample_temperature=0.0, seed=0, batch_size=500):
@@ -187,7 +192,7 @@ def prefix_metrics(lm, tokenizer, prefixes, scenes, support_prefixes, support_sc
     metrics = {"caption_exact_match": float(np.mean([p == s for p, s in zip(parsed, scenes)])),
                "caption_bleu4": bleu4(generated, [caption(scene) for scene in scenes]),
                "caption_samples": generated[:5]}
-    for name in ("colour", "shape", "size", "position", "relation"):
+    for name in sorted({name for scene in scenes for name in attributes(scene)}):
         scored = [p is not None and attributes(p).get(name) == attributes(s)[name]
                   for p, s in zip(parsed, scenes) if name in attributes(s)]
         metrics[f"caption_acc_{name}"] = float(np.mean(scored))
@@ -298,12 +303,14 @@ RETRIEVAL_COLUMNS = [("i→t R@1", "image_to_text_R@1"), ("i→t R@5", "image_to
                      ("t→i R@1", "text_to_image_R@1"), ("t→i R@5", "text_to_image_R@5"),
                      ("zs colour", "zeroshot_colour_acc"), ("zs shape", "zeroshot_shape_acc"),
                      ("zs size", "zeroshot_size_acc"), ("zs position", "zeroshot_position_acc"),
+                     ("zs letter", "zeroshot_letter_acc"), ("zs backgr.", "zeroshot_background_acc"),
                      ("zero-shot", "zeroshot_acc")]
 CAPTION_COLUMNS = [("exact", "caption_exact_match"), ("BLEU-4", "caption_bleu4"),
                    ("colour", "caption_acc_colour"), ("shape", "caption_acc_shape"),
                    ("size", "caption_acc_size"), ("position", "caption_acc_position"),
-                   ("relation", "caption_acc_relation")]
-VQA_KINDS = ["colour", "shape", "count", "position", "exists"]
+                   ("relation", "caption_acc_relation"), ("letter", "caption_acc_letter"),
+                   ("background", "caption_acc_background")]
+VQA_KINDS = ["colour", "shape", "count", "position", "letter", "background", "size", "exists"]
 
 
 def table(title, columns, rows):
@@ -327,15 +334,16 @@ def format_table(results):
     settings = {"image": "vqa_acc", "image, own caption": "vqa_describe_acc",
                 "blind": "vqa_blind_acc", "image, 2 examples first": "vqa_fewshot_acc",
                 "true caption, no image": "vqa_text_acc"}
-    vqa_rows = [(f"{name} {setting}", {kind: metrics[f"{prefix}_{kind}"] for kind in VQA_KINDS})
+    vqa_rows = [(f"{name} {setting}", {kind: metrics[f"{prefix}_{kind}"] for kind in VQA_KINDS
+                                        if f"{prefix}_{kind}" in metrics})
                 for name, metrics in results.items() if "vqa_acc_colour" in metrics
                 for setting, prefix in settings.items()]
     text += table("VQA accuracy", [(kind, kind) for kind in VQA_KINDS], vqa_rows)
     return text.rstrip("\n")
 
 
-# The columns of the ablation: (title, where in metrics.json, format). A key in braces is the
-# mean over the values it names (the four zero-shot attributes, the five VQA kinds).
+# The columns of the ablation: (title, where in metrics.json, format). A key with * is the mean
+# over the keys it matches (the zero-shot attributes, the VQA question kinds).
 COMPARE_COLUMNS = [
     ("trainable", "run", "trainable_parameters", "{:,}"),
     ("wall s", "run", "wall_seconds", "{:.0f}"),
@@ -345,20 +353,21 @@ COMPARE_COLUMNS = [
     ("comp i→t", "compositional", "image_to_text_R@1", "{:.3f}"),
     ("comp t→i", "compositional", "text_to_image_R@1", "{:.3f}"),
     ("para i→t", "paraphrase", "image_to_text_R@1", "{:.3f}"),
-    ("zero-shot", "test", "zeroshot_{colour,shape,size,position}_acc", "{:.3f}"),
+    ("zero-shot", "test", "zeroshot_*_acc", "{:.3f}"),
     ("caption", "test", "caption_exact_match", "{:.3f}"),
-    ("VQA", "test", "vqa_describe_acc_{colour,shape,count,position,exists}", "{:.3f}"),
-    ("VQA blind", "test", "vqa_blind_acc_{colour,shape,count,position,exists}", "{:.3f}"),
+    ("VQA", "test", "vqa_describe_acc_*", "{:.3f}"),
+    ("VQA blind", "test", "vqa_blind_acc_*", "{:.3f}"),
 ]
 
 
 def lookup(metrics, section, key):
-    """metrics[section][key], or the mean over 'prefix_{a,b}_suffix' -> prefix_a_suffix, ..."""
-    if "{" not in key:
+    """metrics[section][key]; a key with * is the mean over the keys it matches (a KeyError if
+    none: a run without that head)."""
+    if "*" not in key:
         return metrics[section][key]
-    head, rest = key.split("{")
-    names, tail = rest.split("}")
-    values = [metrics[section][f"{head}{name}{tail}"] for name in names.split(",")]
+    values = [value for name, value in metrics[section].items() if fnmatch.fnmatchcase(name, key)]
+    if not values:
+        raise KeyError(key)
     return sum(values) / len(values)
 
 

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 # Dimension legend, used in every shape comment:
@@ -44,6 +44,7 @@ class WorldConfig:
     train_images: int = 20000    # paired image-caption examples for alignment
     eval_images: int = 1000      # images in each evaluation split
     corpus_documents: int = 20000  # text-only documents for LM pretraining
+    dataset: str = "shapes"      # the toy world: "shapes" or "glyphs" (letters), see WORLDS
 
 
 @dataclass
@@ -123,7 +124,7 @@ class Scene:
     where: str = ""              # one object: a key of POSITIONS; two: a key of RELATIONS
 
 
-def caption(scene, wording=None):
+def shapes_caption(scene, wording=None):
     """The grammar: 'a small red circle on the left' / 'a red circle above a blue square'.
 
     `wording` maps plain words to the words to use (the paraphrase split passes SYNONYMS)."""
@@ -175,7 +176,7 @@ def draw_shape(draw, shape, cx, cy, r, fill):
         draw.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=fill)
 
 
-def render(scene, image_size, rng):
+def render_shapes(scene, image_size, rng):
     """Scene -> (H, W, 3) uint8 image; positions and sizes jitter so that no two images repeat."""
     s = image_size
     image = Image.new("RGB", (s, s), (0, 0, 0))
@@ -198,6 +199,89 @@ def render(scene, image_size, rng):
     return np.array(image)
 
 
+# The second world, with other statistics, so that no claim rests on one generator: always one
+# glyph, a letter in one colour on a background of another, e.g. 'a large red letter k on blue'.
+LETTERS = ["a", "b", "d", "e", "f", "h", "k", "m", "n", "r", "t", "x"]
+GLYPH_SYNONYMS = {**{word: SYNONYMS[word] for word in [*COLOURS, *SIZES]}, "letter": "character"}
+GLYPH_HELD_OUT_PAIRS = {("red", "k"), ("green", "a"), ("blue", "x"), ("yellow", "m"),
+                        ("purple", "e")}
+
+
+@dataclass(frozen=True)
+class Glyph:
+    """A letter of one colour and size on a background of another colour."""
+    colour: str
+    letter: str
+    size: str                    # a key of SIZES
+    background: str              # a key of COLOURS, never the letter's own
+
+
+def glyph_caption(glyph, wording=None):
+    """'a large red letter k on blue' (the paraphrase split: 'a big crimson character k on azure')."""
+    w = (lambda word: wording.get(word, word)) if wording else (lambda word: word)
+    return f"a {w(glyph.size)} {w(glyph.colour)} {w('letter')} {glyph.letter} on {w(glyph.background)}"
+
+
+def all_glyphs():
+    """Every glyph the grammar can describe: 7 x 12 x 2 x 6 = 1,008."""
+    return [Glyph(colour, letter, size, background) for colour in COLOURS for letter in LETTERS
+            for size in SIZES for background in COLOURS if background != colour]
+
+
+def random_glyph(rng, held_out):
+    """Draw a glyph; held_out as in random_scene, for the (colour, letter) pairs."""
+    while True:
+        colour, background = (str(c) for c in rng.choice(list(COLOURS), size=2, replace=False))
+        letter = str(rng.choice(LETTERS))
+        if held_out is None or held_out == ((colour, letter) in GLYPH_HELD_OUT_PAIRS):
+            return Glyph(colour, letter, str(rng.choice(SIZES)), background)
+
+
+def render_glyph(glyph, image_size, rng):
+    """Glyph -> (H, W, 3) uint8 image, drawn with PIL's bundled font, position and size jittered."""
+    s = image_size
+    image = Image.new("RGB", (s, s), COLOURS[glyph.background])
+    points = round((0.45 if glyph.size == "small" else 0.8) * s * float(rng.uniform(0.9, 1.1)))
+    x, y = (s / 2 + float(rng.uniform(-0.08, 0.08)) * s for _ in range(2))
+    ImageDraw.Draw(image).text((x, y), glyph.letter, fill=COLOURS[glyph.colour], anchor="mm",
+                               font=ImageFont.load_default(size=points))
+    return np.array(image)
+
+
+def glyph_questions(glyph, rng):
+    """Question-answer pairs about a glyph: (question, answer, kind), as questions() does."""
+    asked = (str(rng.choice(list(COLOURS))), str(rng.choice(LETTERS)))
+    if rng.random() < 0.5:
+        asked = (glyph.colour, glyph.letter)
+    return [("what colour is the letter?", glyph.colour, "colour"),
+            ("which letter is it?", glyph.letter, "letter"),
+            ("what colour is the background?", glyph.background, "background"),
+            ("is the letter small or large?", glyph.size, "size"),
+            (f"is there a {asked[0]} letter {asked[1]}?",
+             "yes" if asked == (glyph.colour, glyph.letter) else "no", "exists")]
+
+
+# One name per world, for --dataset: how it draws scenes, all its scenes, its synonyms. caption,
+# render and questions serve both worlds, choosing by the kind of scene they are given.
+WORLDS = {"shapes": {"random": random_scene, "all": all_scenes, "synonyms": SYNONYMS},
+          "glyphs": {"random": random_glyph, "all": all_glyphs, "synonyms": GLYPH_SYNONYMS}}
+
+
+def caption(scene, wording=None):
+    """The plain caption of a scene of either world; `wording` maps words to synonyms."""
+    return glyph_caption(scene, wording) if isinstance(scene, Glyph) else shapes_caption(scene, wording)
+
+
+def render(scene, image_size, rng):
+    """A scene of either world -> (H, W, 3) uint8 image."""
+    return (render_glyph if isinstance(scene, Glyph) else render_shapes)(scene, image_size, rng)
+
+
+def questions(scene, rng):
+    """(question, answer, kind) triples about a scene of either world."""
+    return (glyph_questions if isinstance(scene, Glyph) else shapes_questions)(scene, rng)
+
+
 def index_captions(texts):
     """Per-image texts -> (M distinct captions, sorted; (N,) index of each image's caption)."""
     captions = sorted(set(texts))
@@ -214,10 +298,10 @@ class Split:
     caption_index: torch.Tensor  # (N,) long: images[i] is described by captions[caption_index[i]]
 
 
-def make_split(n_images, image_size, seed, held_out, wording=None):
+def make_split(n_images, image_size, seed, held_out, wording=None, dataset="shapes"):
     """Render n_images scenes once into memory (rendering never runs in the training loop)."""
     rng = np.random.default_rng(seed)
-    scenes = [random_scene(rng, held_out) for _ in range(n_images)]
+    scenes = [WORLDS[dataset]["random"](rng, held_out) for _ in range(n_images)]
     images = np.stack([render(scene, image_size, rng) for scene in scenes])  # (N, H, W, 3)
     captions, caption_index = index_captions([caption(scene, wording) for scene in scenes])
     return Split(scenes, torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), captions,
@@ -231,22 +315,23 @@ def make_eval_splits(cfg, seed):
     compositional  images with a held-out pair, plain wording (the pair is only in the LM corpus)
     paraphrase     the `test` images, every word that has a synonym replaced by it
     """
-    test = make_split(cfg.eval_images, cfg.image_size, (seed, 2), held_out=False)
+    test = make_split(cfg.eval_images, cfg.image_size, (seed, 2), False, dataset=cfg.dataset)
+    synonyms = WORLDS[cfg.dataset]["synonyms"]
     paraphrase = Split(test.scenes, test.images,
-                       *index_captions([caption(scene, SYNONYMS) for scene in test.scenes]))
-    compositional = make_split(cfg.eval_images, cfg.image_size, (seed, 3), held_out=True)
+                       *index_captions([caption(scene, synonyms) for scene in test.scenes]))
+    compositional = make_split(cfg.eval_images, cfg.image_size, (seed, 3), True, dataset=cfg.dataset)
     return {"test": test, "compositional": compositional, "paraphrase": paraphrase}
 
 
 def make_world(cfg, seed):
     """The paired training set (seen colour+shape pairs, plain wording) and the evaluation splits."""
-    train = make_split(cfg.train_images, cfg.image_size, (seed, 1), held_out=False)
+    train = make_split(cfg.train_images, cfg.image_size, (seed, 1), False, dataset=cfg.dataset)
     return {"train": train, **make_eval_splits(cfg, seed)}
 
 
 def make_support_split(cfg, seed):
     """200 images of seen pairs, apart from every split, for few-shot examples."""
-    return make_split(200, cfg.image_size, (seed, 4), held_out=False)
+    return make_split(200, cfg.image_size, (seed, 4), False, dataset=cfg.dataset)
 
 
 def to_rgb(image):
@@ -376,7 +461,7 @@ def hold_out(table, rows, fraction, seed):
     return [rows[i] for i in sorted(order[n_held_out:])], [rows[i] for i in sorted(order[:n_held_out])]
 
 
-def questions(scene, rng):
+def shapes_questions(scene, rng):
     """Question-answer pairs about a scene: (question, answer, kind). Answers use plain words.
 
     Kinds: colour, shape, count, position (one object), exists. A question that would not name a
@@ -399,12 +484,12 @@ def questions(scene, rng):
     return pairs
 
 
-def random_wording(rng):
+def random_wording(rng, synonyms=SYNONYMS):
     """Each word that has a synonym is swapped for it with probability 1/2, independently."""
-    return {word: synonym for word, synonym in SYNONYMS.items() if rng.random() < 0.5}
+    return {word: synonym for word, synonym in synonyms.items() if rng.random() < 0.5}
 
 
-def corpus_document(rng):
+def corpus_document(rng, dataset="shapes"):
     """A text-only document about a random scene (held-out pairs included, image never drawn).
 
     Three captions of the same scene, then questions with their answers (answers in plain words).
@@ -415,22 +500,24 @@ def corpus_document(rng):
     - the exact repeats teach copying from earlier in the document, a skill the tiny LM must
       learn first (with fresh restatements only, it never learned to copy in 3,000 steps).
     """
-    scene = random_scene(rng, held_out=None)
-    first = random_wording(rng)
+    world = WORLDS[dataset]
+    scene = world["random"](rng, held_out=None)
+    first = random_wording(rng, world["synonyms"])
     lines = [caption(scene, first)]
     for _ in range(2):
-        lines.append(caption(scene, first if rng.random() < 0.5 else random_wording(rng)))
+        lines.append(caption(scene, first if rng.random() < 0.5
+                             else random_wording(rng, world["synonyms"])))
     for question, answer, _ in questions(scene, rng):
-        wording = random_wording(rng)
+        wording = random_wording(rng, world["synonyms"])
         question = " ".join(wording.get(word, word) for word in question.split(" "))
         lines.append(f"q: {question} a: {answer}")
     return "\n".join(lines)
 
 
-def make_corpus(n_documents, seed):
+def make_corpus(n_documents, seed, dataset="shapes"):
     """The LM's pretraining text: a list of documents, larger than the paired set."""
     rng = np.random.default_rng((seed, 0))
-    return [corpus_document(rng) for _ in range(n_documents)]
+    return [corpus_document(rng, dataset) for _ in range(n_documents)]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1071,26 +1158,38 @@ def retrieval_metrics(similarity, caption_index, ks=(1, 5, 10)):
     return metrics
 
 
-def zeroshot_accuracy(image_emb, scenes, embed_texts):
-    """Zero-shot accuracy per attribute (colour, shape, size, position) on one-object images.
+def zeroshot_attributes(scene):
+    """What zero-shot classifies in a scene: {attribute: value}, or None for two-object scenes."""
+    if isinstance(scene, Glyph):
+        return {"colour": scene.colour, "letter": scene.letter, "size": scene.size,
+                "background": scene.background}
+    if len(scene.objects) == 1:
+        return {"colour": scene.objects[0][0], "shape": scene.objects[0][1], "size": scene.size,
+                "position": scene.where}
+    return None
 
-    Each class is described by every one-object caption of the grammar that has its value (CLIP's
-    prompt ensembling: the mean of their unit text embeddings), and each image takes the nearest
-    class. embed_texts maps a list of captions to (M, C) text embeddings."""
-    one_object = [i for i, scene in enumerate(scenes) if len(scene.objects) == 1]
-    prompt_scenes = [scene for scene in all_scenes() if len(scene.objects) == 1]
-    prompts = embed_texts([caption(scene) for scene in prompt_scenes])  # (350, C)
+
+def zeroshot_accuracy(image_emb, scenes, embed_texts):
+    """Zero-shot accuracy per attribute (shapes: colour, shape, size, position on one-object
+    images; glyphs: colour, letter, size, background).
+
+    Each class is described by every caption of the grammar that has its value (CLIP's prompt
+    ensembling: the mean of their unit text embeddings), and each image takes the nearest class.
+    embed_texts maps a list of captions to (M, C) text embeddings."""
+    scored = [i for i, scene in enumerate(scenes) if zeroshot_attributes(scene)]
+    world = WORLDS["glyphs" if isinstance(scenes[0], Glyph) else "shapes"]
+    prompt_scenes = [scene for scene in world["all"]() if zeroshot_attributes(scene)]
+    prompts = embed_texts([caption(scene) for scene in prompt_scenes])  # (350 or 1,008, C)
     prompts = prompts / prompts.norm(dim=1, keepdim=True)
-    attribute = {"colour": lambda sc: sc.objects[0][0], "shape": lambda sc: sc.objects[0][1],
-                 "size": lambda sc: sc.size, "position": lambda sc: sc.where}
     metrics = {}
-    for name, value_of in attribute.items():
+    for name in zeroshot_attributes(prompt_scenes[0]):
+        value_of = lambda scene: zeroshot_attributes(scene)[name]
         values = sorted({value_of(scene) for scene in prompt_scenes})
         classes = torch.stack([prompts[[value_of(sc) == v for sc in prompt_scenes]].mean(0)
                                for v in values])                       # (classes, C)
         classes = classes / classes.norm(dim=1, keepdim=True)
-        predicted = (image_emb[one_object] @ classes.T).argmax(dim=1)
-        truth = torch.tensor([values.index(value_of(scenes[i])) for i in one_object])
+        predicted = (image_emb[scored] @ classes.T).argmax(dim=1)
+        truth = torch.tensor([values.index(value_of(scenes[i])) for i in scored])
         metrics[f"zeroshot_{name}_acc"] = (predicted.cpu() == truth).float().mean().item()
     return metrics
 

@@ -3,6 +3,7 @@
     python train.py                        # every stage on the built-in shapes world
     python train.py --stage lm             # only the tokenizer and the LM (writes OUT/lm.pt)
     python train.py --text-tower random    # the LM frozen at random initialisation, to compare
+    python train.py --dataset glyphs       # the second toy world: coloured letters
     python train.py --data pairs.tsv --text corpus.txt     # your own image-caption pairs
     python train.py ... --resume           # continue an interrupted run from OUT/train_state.pt
     torchrun --nproc_per_node=4 train.py   # data parallel over 4 processes (GPUs, or CPUs)
@@ -30,7 +31,8 @@ from minivlp import (OBJECTIVES, AlignConfig, Checkpoints, LMConfig, LanguageMod
                      TextTower, TrainingStopped, VisualEmbedder, WorldConfig, align, encode_corpus,
                      fit_whitening, freeze, held_out_loss, hold_out, load_checkpoint, make_corpus,
                      make_support_split, make_world, pairs_split, pretrain_lm, rank_and_world,
-                     read_text, resolve_device, save_checkpoint, save_json, text_features)
+                     read_text, resolve_device, save_checkpoint, save_json, text_features,
+                     WORLDS)
 from tokenizer import Tokenizer
 
 # Each config dataclass becomes a group of flags; LM fields carry the prefix --lm- so that
@@ -93,6 +95,9 @@ def build_parser():
             if isinstance(field.default, bool):
                 flags.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction,
                                    default=field.default, help="(default: %(default)s)")
+            elif field.name == "dataset":
+                flags.add_argument(flag, dest=dest, choices=list(WORLDS), default=field.default,
+                                   help="the built-in toy world (default: %(default)s)")
             else:
                 kind = number(type(field.default), field.name in MAY_BE_ZERO)
                 flags.add_argument(flag, dest=dest, type=kind, default=field.default,
@@ -153,7 +158,7 @@ def read_corpus(args, world_cfg, data, seed):
         train = data["train"]
         documents, source = [train.captions[j] for j in train.caption_index], f"{args.data} captions"
     else:
-        return make_corpus(world_cfg.corpus_documents, seed), "built-in corpus"
+        return make_corpus(world_cfg.corpus_documents, seed, world_cfg.dataset), "built-in corpus"
     if len(documents) < 2:
         raise ValueError(f"{source}: {len(documents)} non-empty line(s); the LM needs at least 2 "
                          f"documents (one is held out)")
