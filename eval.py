@@ -641,6 +641,9 @@ def main(argv=None):
         context_emb = image_context(lm, tokenizer, prefix)[0]                  # (1 + K, C)
         print(answer(lm, tokenizer, [context_emb], [args.ask[1].strip().lower()])[0])
         return
+    if config.get("data") and not args.data:
+        raise ValueError(f"{args.ckpt}: trained on {config['data']}, not on a built-in world: "
+                         f"give --data PAIRS to evaluate it on")
     if args.data:  # your own pairs: retrieval, captioning, zero-shot over --classes
         splits = {Path(args.data).stem: pairs_split(args.data, read_table(args, args.data),
                                                     world_cfg.image_size)}

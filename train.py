@@ -84,7 +84,7 @@ def build_parser():
     data = add_data_flags(parser)
     data.add_argument("--val-data", help="pairs to evaluate on, in the same layout (default: a "
                                          "seeded 10%% of --data's rows, kept out of training)")
-    data.add_argument("--text", help="a UTF-8 text file, one document a line, to pretrain the "
+    data.add_argument("--text", help="a UTF-8 text file of short lines, to pretrain the "
                                      "tokenizer and LM on (default with --data: its captions)")
     data.add_argument("--lm", help="reuse the tokenizer and LM of this lm.pt or minivlp.pt "
                                    "instead of pretraining (its --lm-* settings replace yours)")
@@ -149,20 +149,24 @@ def read_data(args, image_size, seed):
 
 
 def read_corpus(args, world_cfg, data, seed):
-    """The LM's text as a list of documents: the built-in corpus, --text (one document a
-    non-empty line), or the captions of your training pairs. Returns (documents, where from)."""
-    if args.text:
-        documents = [line.strip() for line in read_text(args.text).splitlines() if line.strip()]
-        source = args.text
-    elif args.data:
-        train = data["train"]
-        documents, source = [train.captions[j] for j in train.caption_index], f"{args.data} captions"
-    else:
+    """The LM's text as a list of documents, and where it comes from: the built-in corpus, or the
+    lines of --text (else your training captions), cut into 20 documents of consecutive lines.
+    Lines stay together so that the LM learns what follows a newline: the visual prefix is read
+    as the line before the caption ('<bos> [image] \n caption \n')."""
+    if not args.text and not args.data:
         return make_corpus(world_cfg.corpus_documents, seed, world_cfg.dataset), "built-in corpus"
-    if len(documents) < 2:
-        raise ValueError(f"{source}: {len(documents)} non-empty line(s); the LM needs at least 2 "
-                         f"documents (one is held out)")
-    return documents, source
+    if args.text:
+        lines = [line.strip() for line in read_text(args.text).splitlines() if line.strip()]
+        source = args.text
+    else:
+        train = data["train"]
+        lines, source = [train.captions[j] for j in train.caption_index], f"{args.data} captions"
+    if len(lines) < 2:
+        raise ValueError(f"{source}: {len(lines)} non-empty line(s); the LM needs at least 2 "
+                         f"(one part is held out)")
+    parts = min(20, len(lines))
+    return ["\n".join(lines[k * len(lines) // parts:(k + 1) * len(lines) // parts])
+            for k in range(parts)], source
 
 
 def train_tokenizer(documents, source, vocab_size, asked):
