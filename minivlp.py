@@ -80,6 +80,8 @@ def resolve_device(name):
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: this machine has no CUDA device (use --device cpu or auto)")
+    if name == "cuda":  # float32 matmuls and convolutions outside autocast may use TF32 tensor cores
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     return torch.device(name)
 
 
