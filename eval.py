@@ -573,14 +573,19 @@ def read_table(args, path):
     return read_pairs(path, args.csv_separator, args.csv_img_key, args.csv_caption_key)
 
 
+def load_lm(checkpoint, device):
+    """Rebuild (tokenizer, frozen LM, LM config) from a checkpoint's plain data."""
+    lm_cfg = LMConfig(**checkpoint["config"]["lm"])
+    lm = LanguageModel(lm_cfg)
+    lm.load_state_dict(checkpoint["lm"])
+    return Tokenizer.from_dict(checkpoint["tokenizer"]), freeze(lm.to(device)), lm_cfg
+
+
 def load_models(checkpoint, device):
     """Rebuild the frozen text tower and the visual embedder from a checkpoint's plain data."""
     config = checkpoint["config"]
-    lm_cfg, world_cfg = LMConfig(**config["lm"]), WorldConfig(**config["world"])
-    tokenizer = Tokenizer.from_dict(checkpoint["tokenizer"])
-    lm = LanguageModel(lm_cfg)
-    lm.load_state_dict(checkpoint["lm"])
-    lm = freeze(lm.to(device))
+    tokenizer, lm, lm_cfg = load_lm(checkpoint, device)
+    world_cfg = WorldConfig(**config["world"])
     tower = TextTower(lm, tokenizer, checkpoint["whitening_mean"], checkpoint["whitening_matrix"],
                       device)
     embedder = VisualEmbedder(world_cfg.image_size, lm_cfg.width, config["align"]["prefix_tokens"])

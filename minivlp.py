@@ -1073,6 +1073,7 @@ def align(embedder, temperature, tower, images, caption_index, captions, cfg, ob
     generator = torch.Generator(device=device).manual_seed(seed + rank)  # each its own batches
     history = {"loss": [], "temperature": [], "batch_R@1": []}
     modules = {"embedder": embedder, "temperature": temperature, **({"lm": lm} if train_lm else {})}
+    outside_ddp = list(temperature.parameters()) + (list(lm.parameters()) if train_lm else [])
     first_step = checkpoints.start("align", cfg.steps, modules, optimizer, schedule, generator,
                                    history)
     start = time.perf_counter()
@@ -1096,7 +1097,7 @@ def align(embedder, temperature, tower, images, caption_index, captions, cfg, ob
                                           caption_ids)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        average_gradients(list(temperature.parameters()) + (list(lm.parameters()) if train_lm else []))
+        average_gradients(outside_ddp)
         optimizer.step()
         temperature.clamp_()
         schedule.step()

@@ -26,7 +26,8 @@ import torch
 import torch.distributed as dist
 from PIL import Image
 
-from eval import Parser, add_data_flags, draw_pictures, evaluate, format_table, read_table
+from eval import (Parser, add_data_flags, draw_pictures, evaluate, format_table, load_lm,
+                  read_table)
 from minivlp import (OBJECTIVES, AlignConfig, Checkpoints, LMConfig, LanguageModel, Temperature,
                      TextTower, TrainingStopped, VisualEmbedder, WorldConfig, align, encode_corpus,
                      fit_whitening, freeze, held_out_loss, hold_out, load_checkpoint, make_corpus,
@@ -215,18 +216,14 @@ def pretrain_stage(lm_cfg, documents, tokenizer, text_tower, device, seed, check
     return freeze(lm), history
 
 
-def load_lm(path, device):
+def read_lm(path, device):
     """A pretrained (tokenizer, LM, LM config, history) from lm.pt or minivlp.pt."""
     checkpoint = load_checkpoint(path)
     try:
-        lm_cfg = LMConfig(**checkpoint["config"]["lm"])
-        lm = LanguageModel(lm_cfg)
-        lm.load_state_dict(checkpoint["lm"])
+        return (*load_lm(checkpoint, device), checkpoint["history"]["lm"])
     except (KeyError, TypeError, RuntimeError) as error:  # missing keys, other shapes
         raise ValueError(f"{path}: no LM this train.py can rebuild "
                          f"({type(error).__name__}: {str(error).splitlines()[0]})") from None
-    return (Tokenizer.from_dict(checkpoint["tokenizer"]), freeze(lm.to(device)), lm_cfg,
-            checkpoint["history"]["lm"])
 
 
 def align_stage(tokenizer, lm, train, world_cfg, lm_cfg, align_cfg, objective, text_tower, device,
@@ -296,7 +293,7 @@ def main(argv=None):
             else make_world(world_cfg, args.seed))
     documents, source = read_corpus(args, world_cfg, data, args.seed)
     if args.lm:
-        tokenizer, lm, lm_cfg, lm_history = load_lm(args.lm, device)
+        tokenizer, lm, lm_cfg, lm_history = read_lm(args.lm, device)
         configs["lm"] = lm_cfg
     else:
         tokenizer = train_tokenizer(documents, source, lm_cfg.vocab_size,
@@ -318,7 +315,7 @@ def main(argv=None):
         stop_on_signals(checkpoints)
 
     if saved is not None and saved["stage"] == "align":  # the LM stage had finished
-        tokenizer, lm, _, lm_history = load_lm(out / "lm.pt", device)
+        tokenizer, lm, _, lm_history = read_lm(out / "lm.pt", device)
     elif not args.lm:
         lm, lm_history = pretrain_stage(lm_cfg, documents, tokenizer, args.text_tower, device,
                                         args.seed, checkpoints)
