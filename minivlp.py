@@ -91,7 +91,7 @@ def autocast(device):
 
 
 # ------------------------------------------------------------------------------------------------
-# 2. Data: a toy world of shapes, its captions, its evaluation splits and a text-only corpus.
+# 2. Data: two toy worlds (shapes, glyphs) with their splits and text corpora; your own pairs.
 # ------------------------------------------------------------------------------------------------
 
 COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 240),
@@ -962,7 +962,7 @@ def generate(lm, context_emb, prompt, max_new_tokens, sample_temperature=0.0, ge
 
 
 # ------------------------------------------------------------------------------------------------
-# 7. Alignment (§3.2 step 3): train only the visual embedder, against the frozen LM.
+# 7. Alignment (§3.2 step 3): train only the visual embedder, against the frozen LM; torchrun.
 # ------------------------------------------------------------------------------------------------
 
 OBJECTIVES = ("contrastive", "prefix", "both")
@@ -1198,7 +1198,7 @@ def zeroshot_accuracy(image_emb, scenes, embed_texts):
 
 
 # ------------------------------------------------------------------------------------------------
-# 9. Checkpoints: plain data and tensors only, so loading never runs pickled code.
+# 9. Checkpoints: plain data and tensors only (loading runs no pickled code); resumable loops.
 # ------------------------------------------------------------------------------------------------
 
 CHECKPOINT_FORMAT = "minivlp-1"
