@@ -438,10 +438,19 @@ class DecodeRows(torch.utils.data.Dataset):
                 f"{self.table}, line {line}: {error}"
 
 
-def pairs_split(table, rows, image_size, workers=2):
+def pairs_split(table, rows, image_size, stream=False, workers=2):
     """Decode every image once, in parallel worker processes, into one uint8 tensor in memory
-    (3 KB an image at 32 x 32: a million images take 3 GB), so that training reads no file."""
-    loader = torch.utils.data.DataLoader(DecodeRows(table, rows, image_size), batch_size=64,
+    (3 KB an image at 32 x 32: a million images take 3 GB), so that training reads no file.
+    stream=True, for data larger than memory, only checks that every file is there and keeps
+    a DecodeRows: training then decodes each batch from disk as it goes (image_batches)."""
+    captions, caption_index = index_captions([text for _, _, text in rows])
+    decode = DecodeRows(table, rows, image_size)
+    if stream:
+        for line, image_path, _ in rows:
+            if not image_path.is_file():
+                raise ValueError(f"{table}, line {line}: {image_path}: no such image file")
+        return Split(None, decode, captions, caption_index)
+    loader = torch.utils.data.DataLoader(decode, batch_size=64,
                                          num_workers=workers if len(rows) > 256 else 0)
     images = []
     for batch, errors in loader:
@@ -449,7 +458,6 @@ def pairs_split(table, rows, image_size, workers=2):
             if error:
                 raise ValueError(error)
         images.append(batch)
-    captions, caption_index = index_captions([text for _, _, text in rows])
     return Split(None, torch.cat(images), captions, caption_index)
 
 
@@ -632,6 +640,14 @@ def adamw(parameters, lr, weight_decay, device):
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=device.type == "cuda")
 
 
+def keyed_generator(*key):
+    """A random generator seeded by a key of integers, e.g. (seed, stage, step, rank). The training
+    loops draw each step's batch from a generator keyed by that step, so that a batch depends on
+    the step alone, not on the steps before it: a resumed run draws exactly the batches of the run
+    never stopped, and a DataLoader may prepare batches ahead of the loop."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
+
+
 def random_windows(stream, batch_size, context, generator):
     """(B, context) inputs and the (B, context) next tokens they must predict."""
     starts = torch.randint(len(stream) - context, (batch_size,), generator=generator)  # last: L-C-1
@@ -669,16 +685,14 @@ def pretrain_lm(lm, train_stream, held_out_stream, cfg, device, seed, checkpoint
     model = data_parallel(lm, device)
     optimizer = adamw(lm.parameters(), cfg.lr, cfg.weight_decay, device)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, cfg.steps))
-    generator = torch.Generator().manual_seed(seed + rank)              # each process its windows
     history = {"loss": []}
-    first_step = checkpoints.start("lm", cfg.steps, {"lm": lm}, optimizer, schedule, generator,
-                                   history)
+    first_step = checkpoints.start("lm", cfg.steps, {"lm": lm}, optimizer, schedule, history)
     start = time.perf_counter()
     bar = tqdm(range(first_step, cfg.steps), desc="pretrain LM", dynamic_ncols=True,
                initial=first_step, total=cfg.steps, disable=rank > 0)
     for step in bar:
         inputs, targets = random_windows(train_stream, cfg.batch_size // world, cfg.context,
-                                         generator)
+                                         keyed_generator(seed, 1, step, rank))  # each rank its own
         inputs, targets = inputs.to(device), targets.to(device)
         with autocast(device):
             logits = lm.logits(model(inputs))                           # (B, T, V)
@@ -968,7 +982,7 @@ def generate(lm, context_emb, prompt, max_new_tokens, sample_temperature=0.0, ge
 OBJECTIVES = ("contrastive", "prefix", "both")
 
 
-# Data parallel (torchrun): each of W processes draws its own B/W of the global batch of B. DDP
+# Data parallel (torchrun): each of W processes takes its own B/W of the global batch of B. DDP
 # averages the gradients of the trained modules over processes; InfoNCE needs one more step,
 # since every image's negatives are the texts of the *global* batch.
 
@@ -1025,12 +1039,54 @@ def average_gradients(parameters):
 
 
 def data_parallel(module, device, every_parameter_used=True):
-    """DDP around a module when torchrun started W > 1 processes; the module itself otherwise."""
+    """DDP around a module when torchrun started W > 1 processes; the module itself otherwise.
+    On GPUs BatchNorm becomes SyncBatchNorm, whose statistics are those of the global batch
+    (PyTorch has it for GPUs only: on CPUs each process normalises by its own share's)."""
     if rank_and_world()[1] == 1:
         return module
+    if device.type == "cuda":
+        module = nn.SyncBatchNorm.convert_sync_batchnorm(module)  # swaps the layers in place
     return nn.parallel.DistributedDataParallel(
         module, device_ids=[device.index] if device.type == "cuda" else None,
         find_unused_parameters=not every_parameter_used)
+
+
+def batch_rows(n_rows, batch_size, seed, step, rank=0, world=1):
+    """The (B/W,) rows process `rank` of W trains on at `step`.
+
+    Rows are visited in epochs, each a seeded permutation of all N rows, so every row is seen
+    once an epoch; the global batch of a step is the next B of them, and each process takes its
+    own 1/W share, as torch's DistributedSampler shards a data set over processes. Like
+    keyed_generator, it depends on the step alone."""
+    first, end = step * batch_size, (step + 1) * batch_size             # places in the row order
+    epochs = range(first // n_rows, (end - 1) // n_rows + 1)
+    order = torch.cat([torch.randperm(n_rows, generator=keyed_generator(seed, 2, epoch))
+                       for epoch in epochs])                            # (N * len(epochs),)
+    batch = order[first - epochs[0] * n_rows:end - epochs[0] * n_rows]  # (B,)
+    share = batch_size // world
+    return batch[rank * share:(rank + 1) * share]
+
+
+def image_batches(images, rows_of_step, steps, device, workers=2):
+    """For each step: (its rows (B,), their images (B, 3, H, W) uint8), both on the device.
+
+    images is a uint8 tensor in memory (indexed there), or a DecodeRows, for data sets larger
+    than memory: DataLoader worker processes then read and decode each batch from disk, a few
+    batches ahead of the training step, which is why a batch must be known before its step."""
+    if isinstance(images, torch.Tensor):
+        images = images.to(device)
+        for step in steps:
+            rows = rows_of_step(step).to(device)
+            yield rows, images[rows]
+        return
+    loader = torch.utils.data.DataLoader(images, batch_sampler=(rows_of_step(step).tolist()
+                                                                for step in steps),
+                                         num_workers=workers, pin_memory=device.type == "cuda")
+    for step, (batch_images, errors) in zip(steps, loader):
+        for error in errors:  # a file that vanished or broke since training began
+            if error:
+                raise ValueError(error)
+        yield rows_of_step(step).to(device), batch_images.to(device, non_blocking=True)
 
 
 def align(embedder, temperature, tower, images, caption_index, captions, cfg, objective, device,
@@ -1041,13 +1097,14 @@ def align(embedder, temperature, tower, images, caption_index, captions, cfg, ob
     prefix       next-token loss of caption i given the image's prefix, through the LM
     both         the sum of the two, one trunk with two heads
 
-    images (N, 3, H, W) uint8; caption_index (N,) into the M distinct `captions`. With the LM
+    images (N, 3, H, W) uint8, or a DecodeRows of N rows to stream from disk (image_batches);
+    caption_index (N,) into the M distinct `captions`. With the LM
     frozen (the method), each caption's text embedding is computed once before the loop, since a
     frozen tower's outputs are constants. train_lm=True is the ablation that trains the LM too
     (LiT's 'unlocked' tower, Frozen's 'fine-tuned'): the text embeddings are then recomputed every
     step, and the LM is frozen again at the end, for evaluation. checkpoints (a Checkpoints)
-    saves the loop's state as it goes, or resumes it. Under torchrun each process draws
-    cfg.batch_size / W of each step's batch (see data_parallel above)."""
+    saves the loop's state as it goes, or resumes it. Under torchrun each process takes
+    cfg.batch_size / W of each step's batch (batch_rows)."""
     assert objective in OBJECTIVES, objective
     checkpoints = checkpoints or Checkpoints()
     lm, tokenizer = tower.lm, tower.tokenizer
@@ -1067,25 +1124,24 @@ def align(embedder, temperature, tower, images, caption_index, captions, cfg, ob
         reread_ids, reread_weights = (t.to(device) for t in reread_tokens(tokenizer, captions,
                                                                           lm.context))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, cfg.steps))
-    images, caption_index = images.to(device), caption_index.to(device)
+    caption_index = caption_index.to(device)
     room = lm.context - 1 - embedder.prefix_shape[0]                   # after <bos> and the prefix
     tokens = caption_tokens(tokenizer, captions, room).to(device)
-    generator = torch.Generator(device=device).manual_seed(seed + rank)  # each its own batches
     history = {"loss": [], "temperature": [], "batch_R@1": []}
     modules = {"embedder": embedder, "temperature": temperature, **({"lm": lm} if train_lm else {})}
     outside_ddp = list(temperature.parameters()) + (list(lm.parameters()) if train_lm else [])
-    first_step = checkpoints.start("align", cfg.steps, modules, optimizer, schedule, generator,
-                                   history)
+    first_step = checkpoints.start("align", cfg.steps, modules, optimizer, schedule, history)
+    steps = range(first_step, cfg.steps)
+    batches = image_batches(images, lambda step: batch_rows(len(images), cfg.batch_size, seed,
+                                                            step, rank, world), steps, device)
     start = time.perf_counter()
-    bar = tqdm(range(first_step, cfg.steps), desc=f"align ({objective})", dynamic_ncols=True,
-               initial=first_step, total=cfg.steps, disable=rank > 0)
-    for step in bar:
-        batch = torch.randint(len(images), (cfg.batch_size // world,), device=device,
-                              generator=generator)
+    bar = tqdm(steps, desc=f"align ({objective})", dynamic_ncols=True, initial=first_step,
+               total=cfg.steps, disable=rank > 0)
+    for step, (batch, batch_images) in zip(bar, batches):
         caption_ids = caption_index[batch]                              # (B,)
         loss = 0.0
         with autocast(device):
-            image_emb, prefix = model(images[batch])                    # (B, C), (B, K, C)
+            image_emb, prefix = model(batch_images)                     # (B, C), (B, K, C)
             if objective != "contrastive":
                 loss = prefix_loss(lm, tokenizer, prefix, tokens[caption_ids])
             if objective != "prefix" and train_lm:
@@ -1234,9 +1290,10 @@ class TrainingStopped(Exception):
 
 
 class Checkpoints:
-    """Keeps a training loop resumable: its full state (models, optimizer, LR schedule, step, the
-    generator that draws the batches, history) is written to `path` every `every` steps, at the
-    end of the stage, and when a stop is requested (train.py asks on Ctrl-C and SIGTERM).
+    """Keeps a training loop resumable: its full state (models, optimizer, LR schedule, step,
+    history) is written to `path` every `every` steps, at the end of the stage, and when a stop
+    is requested (train.py asks on Ctrl-C and SIGTERM). No random state is saved: a step's batch
+    comes from a generator keyed by the step (keyed_generator).
     `resume_state` is such a state, read back for --resume: the loop continues after its step and
     ends with the same weights as a run never stopped (on CPU, same seed).
 
@@ -1250,11 +1307,10 @@ class Checkpoints:
         self.in_loop = False
         self.saved = None                    # (stage, step) of the last state written
 
-    def start(self, stage, total_steps, modules, optimizer, schedule, generator, history):
+    def start(self, stage, total_steps, modules, optimizer, schedule, history):
         """Register a loop's state; when resuming this stage, load it. Returns the first step."""
         self.stage, self.total_steps, self.modules = stage, total_steps, modules
-        self.optimizer, self.schedule, self.generator, self.history = (optimizer, schedule,
-                                                                       generator, history)
+        self.optimizer, self.schedule, self.history = optimizer, schedule, history
         self.in_loop = True
         state = self.resume_state
         if state is None or state["stage"] != stage:
@@ -1263,7 +1319,6 @@ class Checkpoints:
             module.load_state_dict(state["modules"][name])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
-        generator.set_state(state["generator"])
         history.update(state["history"])
         self.saved = (stage, state["step"])
         return state["step"] + 1
@@ -1292,7 +1347,7 @@ class Checkpoints:
                          "modules": {name: m.state_dict() for name, m in self.modules.items()},
                          "optimizer": self.optimizer.state_dict(),
                          "schedule": self.schedule.state_dict(),
-                         "generator": self.generator.get_state(), "history": self.history},
+                         "history": self.history},
                         self.path)
         self.saved = (self.stage, step)
 

@@ -87,6 +87,10 @@ def build_parser():
                                          "seeded 10%% of --data's rows, kept out of training)")
     data.add_argument("--text", help="a UTF-8 text file of short lines, to pretrain the "
                                      "tokenizer and LM on (default with --data: its captions)")
+    data.add_argument("--stream", action="store_true",
+                      help="read the training images from disk at every step (DataLoader "
+                           "workers) instead of decoding them into memory once; chosen by itself "
+                           "when they would fill over a quarter of the memory")
     data.add_argument("--lm", help="reuse the tokenizer and LM of this lm.pt or minivlp.pt "
                                    "instead of pretraining (its --lm-* settings replace yours)")
     for group, (config_class, prefix) in CONFIGS.items():
@@ -120,8 +124,10 @@ def parse_configs(argv):
     if args.lm and args.text_tower not in PRETRAINED:
         parser.error(f"--lm gives a pretrained LM, but --text-tower {args.text_tower} starts "
                      f"from a random one")
-    if args.val_data and not args.data:
-        parser.error("--val-data needs --data (the built-in world has its own splits)")
+    for flag in ("val_data", "stream"):
+        if getattr(args, flag) and not args.data:
+            parser.error(f"--{flag.replace('_', '-')} needs --data (the built-in world is made "
+                         f"in memory, with its own splits)")
     return args, configs
 
 
@@ -139,14 +145,29 @@ def writable_folder(path):
 
 
 def read_data(args, image_size, seed):
-    """--data (and --val-data, or else a seeded 10% of --data's rows) -> {"train", "val"} splits."""
+    """--data (and --val-data, or else a seeded 10% of --data's rows) -> {"train", "val"} splits.
+    The training images are decoded into memory, or streamed from disk if asked (--stream) or if
+    they would fill more than a quarter of the memory; the held-out ones always fit in memory."""
     rows = read_table(args, args.data)
     if args.val_data:
         val_rows, val_table = read_table(args, args.val_data), args.val_data
     else:
         (rows, val_rows), val_table = hold_out(args.data, rows, 0.1, seed), args.data
-    return {"train": pairs_split(args.data, rows, image_size),
+    decoded_bytes = len(rows) * 3 * image_size ** 2
+    stream = args.stream or decoded_bytes > memory_bytes() / 4
+    if stream and not args.stream:
+        print(f"{args.data}: the decoded images would take {decoded_bytes / 2**30:.1f} GiB, "
+              f"over a quarter of the memory: streaming them from disk")
+    return {"train": pairs_split(args.data, rows, image_size, stream),
             "val": pairs_split(val_table, val_rows, image_size)}
+
+
+def memory_bytes():
+    """This machine's memory, where the system says (Linux, macOS); else taken as unlimited."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows)
+        return math.inf
 
 
 def read_corpus(args, world_cfg, data, seed):
@@ -309,9 +330,10 @@ def main(argv=None):
     print("config:", run_config, f"({world} processes)" if world > 1 else "")
     if rank == 0:
         save_json(run_config, out / "config.json")
-    checkpoints = Checkpoints(state_path if world == 1 else None, args.checkpoint_every, saved,
+    # Under torchrun every process holds the same weights and optimizer state: rank 0 saves them.
+    checkpoints = Checkpoints(state_path if rank == 0 else None, args.checkpoint_every, saved,
                               extra={"config": run_config, "tokenizer": tokenizer.to_dict()})
-    if world == 1:  # under torchrun, torchrun itself stops every process
+    if world == 1:  # under torchrun, torchrun stops every process: the last saved state stays
         stop_on_signals(checkpoints)
 
     if saved is not None and saved["stage"] == "align":  # the LM stage had finished
@@ -372,9 +394,6 @@ def join_processes(device_name):
 
 
 def check_data_parallel(args, configs, world):
-    if args.resume:
-        raise ValueError("--resume: a run under torchrun saves no training state to resume "
-                         "(run it again, or resume a single-process run)")
     for flag, batch in (("--batch-size", configs["align"].batch_size),
                         ("--lm-batch-size", configs["lm"].batch_size)):
         if batch % world:

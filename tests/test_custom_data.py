@@ -138,6 +138,8 @@ def bad_files(folder):
          "empty.tsv, line 2"),
         ("image missing", ["--data", table("gone.tsv", header + "nowhere.png\ta red thing\n" * 2)],
          "gone.tsv, line 2"),
+        ("image missing, streamed", ["--data", str(folder / "gone.tsv"), "--stream"],
+         "gone.tsv, line"),
         ("image broken", ["--data", table("broken.tsv", header + "broken.png\ta red thing\n" * 2)],
          "broken.tsv, line 2"),
         ("not utf-8", ["--data", table("latin.tsv", header + "broken.png\tun caf\xe9 rouge\n" * 2,
@@ -232,6 +234,32 @@ def test_an_interrupted_run_resumes_to_the_same_weights(dataset, uninterrupted, 
         for name, tensor in uninterrupted[part].items():
             assert torch.equal(resumed[part][name], tensor), (part, name)
     assert resumed["temperature"] == uninterrupted["temperature"]
+
+
+def test_streamed_images_resume_to_the_weights_of_images_in_memory(dataset, uninterrupted,
+                                                                   tmp_path, capsys, monkeypatch):
+    """--stream reads every batch from disk in DataLoader workers: the same batches, the same
+    pixels, so the same weights as the uninterrupted run that decoded everything into memory."""
+    argv = ["--data", str(dataset), "--out", str(tmp_path), "--stream"] + SMALL
+    interrupt_at(monkeypatch, "align", 7)
+    assert run(argv, capsys)[0] == 130
+    monkeypatch.undo()
+    assert run(argv + ["--resume"], capsys)[0] == 0
+    streamed = minivlp.load_checkpoint(tmp_path / "minivlp.pt")["embedder"]
+    for name, tensor in minivlp.load_checkpoint(uninterrupted / "minivlp.pt")["embedder"].items():
+        assert torch.equal(streamed[name], tensor), name
+
+
+def test_an_image_broken_while_streaming_stops_with_its_line(dataset, tmp_path, capsys):
+    copy = write_dataset(tmp_path / "copy", n_images=30)
+    (copy.parent / "images" / "4.png").write_bytes(b"no longer a picture")
+    argv = ["--data", str(copy), "--val-data", str(dataset), "--stream", "--out",
+            str(tmp_path / "out")] + SMALL
+    status, _, err = run(argv, capsys)
+    last_line = err.strip().splitlines()[-1]                           # above it: progress bars
+    assert status == 2 and "pairs.tsv, line 6" in last_line and "4.png" in last_line
+    assert "Traceback" not in err
+    assert minivlp.load_checkpoint(tmp_path / "out" / "train_state.pt")["stage"] == "lm"
 
 
 def test_resume_with_other_flags_or_a_pickled_state_is_refused(dataset, tmp_path, capsys):

@@ -5,7 +5,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from minivlp import (Temperature, VisualEmbedder, average_gradients, data_parallel,
+from minivlp import (Temperature, VisualEmbedder, average_gradients, batch_rows, data_parallel,
                      global_info_nce, info_nce)
 
 BATCH, WIDTH = 8, 16
@@ -80,3 +80,21 @@ def test_rows_scores_a_slice_of_the_global_batch_like_the_whole_does():
     halves = [info_nce(image_emb, text_emb, 0.1, caption_ids=caption_ids, rows=slice(a, a + 4))
               for a in (0, 4)]
     assert torch.allclose((halves[0] + halves[1]) / 2, whole, atol=1e-6)
+
+
+def test_batches_visit_every_row_once_an_epoch_and_processes_share_each_batch():
+    n_rows, batch, world = 40, 8, 4
+    one_process = [batch_rows(n_rows, batch, seed=3, step=step) for step in range(15)]  # 3 epochs
+    for epoch in range(3):                          # 5 steps an epoch: each row exactly once
+        rows = torch.cat(one_process[5 * epoch:5 * epoch + 5])
+        assert sorted(rows.tolist()) == list(range(n_rows)), epoch
+    assert not torch.equal(torch.cat(one_process[:5]), torch.cat(one_process[5:10]))  # reshuffled
+    for step, whole in enumerate(one_process):      # W processes: disjoint shares of that batch
+        shares = [batch_rows(n_rows, batch, 3, step, rank, world) for rank in range(world)]
+        assert all(len(share) == batch // world for share in shares)
+        assert torch.equal(torch.cat(shares), whole), step
+
+
+def test_a_batch_may_cross_from_one_epoch_into_the_next():
+    rows = torch.cat([batch_rows(10, 4, seed=0, step=step) for step in range(5)])  # 20 = 2 epochs
+    assert sorted(rows[:10].tolist()) == sorted(rows[10:].tolist()) == list(range(10))  # step 2
