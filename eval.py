@@ -110,7 +110,8 @@ def describe(lm, tokenizer, prefixes, sample_temperature=0.0, seed=0, batch_size
     for i in range(0, len(prefixes), batch_size):
         context_emb = image_context(lm, tokenizer, prefixes[i:i + batch_size])  # (B, 1 + K, C)
         prompt = newline.expand(len(context_emb), -1)                           # (B, 1)
-        new = generate(lm, context_emb, prompt, lm.context, sample_temperature, generator)
+        new = generate(lm, context_emb, prompt, lm.context, sample_temperature, generator,
+                       stop_id=newline[-1].item())
         texts += [first_line(tokenizer, row.tolist()) for row in new]
     return texts
 

@@ -953,12 +953,14 @@ def prefix_loss(lm, tokenizer, prefix, tokens):
 
 
 @torch.no_grad()
-def generate(lm, context_emb, prompt, max_new_tokens, sample_temperature=0.0, generator=None):
+def generate(lm, context_emb, prompt, max_new_tokens, sample_temperature=0.0, generator=None,
+             stop_id=None):
     """Continue (B, P, C) context embeddings and (B, T) prompt ids by up to max_new_tokens.
 
     Greedy when sample_temperature is 0, else sampled from softmax(logits / sample_temperature).
-    Returns (B, n) new ids, n = max_new_tokens or fewer where the LM's context runs out; callers
-    cut each row at its first newline."""
+    Returns (B, n) new ids, n = max_new_tokens or fewer where the LM's context runs out, or as
+    soon as every row holds stop_id (each step re-reads the whole row: there is no cache, so a
+    caption is not worth continuing past its end); callers cut each row at its first newline."""
     room = lm.context - context_emb.shape[1] - prompt.shape[1] + 1     # the last needs no forward
     if room < 1:
         raise ValueError(f"{context_emb.shape[1]} + {prompt.shape[1]} positions leave no room in "
@@ -972,6 +974,8 @@ def generate(lm, context_emb, prompt, max_new_tokens, sample_temperature=0.0, ge
             probabilities = (logits / sample_temperature).softmax(dim=-1)
             next_id = torch.multinomial(probabilities, 1, generator=generator).squeeze(1)
         ids = torch.cat([ids, next_id[:, None]], dim=1)
+        if stop_id is not None and (ids[:, prompt.shape[1]:] == stop_id).any(dim=1).all():
+            break
     return ids[:, prompt.shape[1]:]
 
 
