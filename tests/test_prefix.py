@@ -119,6 +119,14 @@ def test_greedy_decoding_of_a_hand_built_model_counts_and_is_deterministic():
     assert torch.equal(run(), run())
 
 
+def test_generation_stops_once_every_row_holds_the_stop_id():
+    lm = counting_lm()
+    context = lm.token_emb(torch.tensor([[0], [0]]))                   # (2, 1, C)
+    # the first row writes 7 after 2 tokens, the second after 4: all stop there, not at 6
+    assert torch.equal(generate(lm, context, torch.tensor([[5], [3]]), 6, stop_id=7),
+                       torch.tensor([[6, 7, 0, 1], [4, 5, 6, 7]]))
+
+
 def test_generation_stops_at_the_context_length():
     lm = counting_lm()
     context_emb = lm.token_emb(torch.tensor([[0]])).expand(1, 10, -1)   # 10 of 16 positions used
