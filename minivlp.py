@@ -674,15 +674,17 @@ def held_out_loss(lm, stream, context, device, batch_size=256):
     return total / (n * context)
 
 
-def pretrain_lm(lm, train_stream, held_out_stream, cfg, device, seed, checkpoints=None):
+def pretrain_lm(lm, train_stream, held_out_stream, cfg, device, seed, checkpoints=None,
+                compile=False):
     """Next-token cross-entropy, AdamW, warmup + cosine decay, gradient clipping.
 
     Returns a history with the training loss per step and the held-out loss and perplexity.
-    checkpoints (a Checkpoints) saves the loop's state as it goes, or resumes it."""
+    checkpoints (a Checkpoints) saves the loop's state as it goes, or resumes it. compile=True
+    runs the model through torch.compile (see data_parallel)."""
     checkpoints = checkpoints or Checkpoints()
     rank, world = rank_and_world()
     lm.to(device).train()
-    model = data_parallel(lm, device)
+    model = data_parallel(lm, device, compile=compile)
     optimizer = adamw(lm.parameters(), cfg.lr, cfg.weight_decay, device)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, cfg.steps))
     history = {"loss": []}
@@ -841,6 +843,10 @@ class VisualEmbedder(nn.Module):
         self.head = nn.Linear(256, width)                               # (B, 256) -> (B, C)
         self.prefix_head = nn.Linear(256, prefix_tokens * width)        # (B, 256) -> (B, K * C)
         self.prefix_shape = (prefix_tokens, width)
+        # Channels-last weights make the convolutions run channels-last, the layout oneDNN (CPU)
+        # and cuDNN (GPU) are fastest in: a training step of the default embedder on 2 CPU cores
+        # takes about 150 ms instead of 190 ms. The numbers computed are the same convolutions.
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, images):
         """(B, 3, H, W) uint8 images -> (B, C) image embeddings v and (B, K, C) prefixes."""
@@ -1042,17 +1048,19 @@ def average_gradients(parameters):
             p.grad /= world
 
 
-def data_parallel(module, device, every_parameter_used=True):
-    """DDP around a module when torchrun started W > 1 processes; the module itself otherwise.
+def data_parallel(module, device, every_parameter_used=True, compile=False):
+    """What a training loop calls: DDP around the module when torchrun started W > 1 processes,
+    the module itself otherwise; compiled by torch.compile when asked (its parameters stay the
+    module's: the optimizer and the checkpoints hold the module itself).
     On GPUs BatchNorm becomes SyncBatchNorm, whose statistics are those of the global batch
     (PyTorch has it for GPUs only: on CPUs each process normalises by its own share's)."""
-    if rank_and_world()[1] == 1:
-        return module
-    if device.type == "cuda":
-        module = nn.SyncBatchNorm.convert_sync_batchnorm(module)  # swaps the layers in place
-    return nn.parallel.DistributedDataParallel(
-        module, device_ids=[device.index] if device.type == "cuda" else None,
-        find_unused_parameters=not every_parameter_used)
+    if rank_and_world()[1] > 1:
+        if device.type == "cuda":
+            module = nn.SyncBatchNorm.convert_sync_batchnorm(module)  # swaps the layers in place
+        module = nn.parallel.DistributedDataParallel(
+            module, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=not every_parameter_used)
+    return torch.compile(module) if compile else module
 
 
 def batch_rows(n_rows, batch_size, seed, step, rank=0, world=1):
@@ -1094,7 +1102,7 @@ def image_batches(images, rows_of_step, steps, device, workers=2):
 
 
 def align(embedder, temperature, tower, images, caption_index, captions, cfg, objective, device,
-          seed, train_lm=False, checkpoints=None):
+          seed, train_lm=False, checkpoints=None, compile=False):
     """Train the embedder (and a learned τ) against the LM of the text tower.
 
     contrastive  InfoNCE between g(I_i) and t_i (§4.2)
@@ -1108,13 +1116,14 @@ def align(embedder, temperature, tower, images, caption_index, captions, cfg, ob
     (LiT's 'unlocked' tower, Frozen's 'fine-tuned'): the text embeddings are then recomputed every
     step, and the LM is frozen again at the end, for evaluation. checkpoints (a Checkpoints)
     saves the loop's state as it goes, or resumes it. Under torchrun each process takes
-    cfg.batch_size / W of each step's batch (batch_rows)."""
+    cfg.batch_size / W of each step's batch (batch_rows). compile=True compiles the embedder."""
     assert objective in OBJECTIVES, objective
     checkpoints = checkpoints or Checkpoints()
     lm, tokenizer = tower.lm, tower.tokenizer
     rank, world = rank_and_world()
     embedder.to(device).train()
-    model = data_parallel(embedder, device, every_parameter_used=objective == "both")
+    model = data_parallel(embedder, device, every_parameter_used=objective == "both",
+                          compile=compile)
     temperature.to(device)
     trained = list(embedder.parameters()) + list(temperature.parameters())
     if train_lm:

@@ -77,6 +77,9 @@ def build_parser():
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="auto picks CUDA when present (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    parser.add_argument("--compile", action="store_true",
+                        help="run the LM and the embedder through torch.compile while they train "
+                             "(compiling takes a while first: worth it on a GPU, for long runs)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the interrupted run in --out from its train_state.pt "
                              "(give the same flags as the run)")
@@ -216,7 +219,7 @@ def warn_if_truncated(tokenizer, splits, lm_cfg, prefix_tokens):
               file=sys.stderr)
 
 
-def pretrain_stage(lm_cfg, documents, tokenizer, text_tower, device, seed, checkpoints):
+def pretrain_stage(lm_cfg, documents, tokenizer, text_tower, device, seed, checkpoints, compile):
     """§3.2 step 1: the LM on the text-only corpus, then freeze it."""
     held_out = max(1, len(documents) // 20)  # 5% of documents for held-out loss and perplexity
     train_stream = encode_corpus(tokenizer, documents[held_out:])
@@ -227,7 +230,8 @@ def pretrain_stage(lm_cfg, documents, tokenizer, text_tower, device, seed, check
     torch.manual_seed(seed)
     lm = LanguageModel(lm_cfg).to(device)
     if text_tower in PRETRAINED:
-        history = pretrain_lm(lm, train_stream, held_out_stream, lm_cfg, device, seed, checkpoints)
+        history = pretrain_lm(lm, train_stream, held_out_stream, lm_cfg, device, seed, checkpoints,
+                              compile)
         print(f"LM: {lm_cfg.steps} steps in {history['seconds']:.1f} s, "
               f"{history['tokens_per_s']:,.0f} tokens/s, held-out loss {history['held_out_loss']:.3f} "
               f"(perplexity {history['held_out_perplexity']:.2f})")
@@ -248,7 +252,7 @@ def read_lm(path, device):
 
 
 def align_stage(tokenizer, lm, train, world_cfg, lm_cfg, align_cfg, objective, text_tower, device,
-                seed, checkpoints):
+                seed, checkpoints, compile):
     """§3.2 steps 2-3: the text tower (LM + fixed whitening), then train the embedder."""
     mean, matrix = fit_whitening(text_features(lm, tokenizer, train.captions, device))
     tower = TextTower(lm, tokenizer, mean, matrix, device)
@@ -257,7 +261,7 @@ def align_stage(tokenizer, lm, train, world_cfg, lm_cfg, align_cfg, objective, t
     temperature = Temperature(align_cfg.temperature, align_cfg.learn_temperature)
     history = align(embedder, temperature, tower, train.images, train.caption_index,
                     train.captions, align_cfg, objective, device, seed,
-                    train_lm=text_tower in LEARNING, checkpoints=checkpoints)
+                    train_lm=text_tower in LEARNING, checkpoints=checkpoints, compile=compile)
     print(f"alignment: {align_cfg.steps} steps in {history['seconds']:.1f} s, "
           f"{history['images_per_s']:,.0f} images/s, final τ {temperature().item():.4f}")
     return tower, embedder, temperature, history
@@ -340,7 +344,7 @@ def main(argv=None):
         tokenizer, lm, _, lm_history = read_lm(out / "lm.pt", device)
     elif not args.lm:
         lm, lm_history = pretrain_stage(lm_cfg, documents, tokenizer, args.text_tower, device,
-                                        args.seed, checkpoints)
+                                        args.seed, checkpoints, args.compile)
     checkpoint = {"config": run_config, "tokenizer": tokenizer.to_dict(), "lm": lm.state_dict(),
                   "history": {"lm": lm_history}}
     if rank == 0:
@@ -351,7 +355,7 @@ def main(argv=None):
 
     tower, embedder, temperature, align_history = align_stage(
         tokenizer, lm, data["train"], world_cfg, lm_cfg, align_cfg, args.objective,
-        args.text_tower, device, args.seed, checkpoints)
+        args.text_tower, device, args.seed, checkpoints, args.compile)
     checkpoint.update(lm=lm.state_dict(),  # unchanged for a frozen tower, trained otherwise
                       embedder=embedder.state_dict(), temperature=temperature().item(),
                       whitening_mean=tower.mean.cpu(), whitening_matrix=tower.matrix.cpu(),

@@ -9,6 +9,8 @@
 3. Side by side: (a) cached text embeddings against recomputing them through the frozen LM every
    step (what freezing saves, §4.4); (b) the hand-written info_nce against the F.cross_entropy
    formulation, forward + backward; (c) attention written out against scaled_dot_product_attention.
+4. Two choices: the embedder's channels-last layout against the default one, and --compile
+   (torch.compile) against eager training steps, with the time compiling takes.
 """
 
 import sys
@@ -77,13 +79,13 @@ def main():
     optimizer = adamw(lm.parameters(), cfg.lr, cfg.weight_decay, torch.device("cpu"))
     ids = torch.randint(0, cfg.vocab_size, (cfg.batch_size, cfg.context + 1))
 
-    def lm_step():
-        loss = F.cross_entropy(lm.logits(lm(ids[:, :-1])).flatten(0, 1), ids[:, 1:].flatten())
+    def lm_step(model=lm, optimizer=optimizer):  # binds this optimizer: the name is reused below
+        loss = F.cross_entropy(lm.logits(model(ids[:, :-1])).flatten(0, 1), ids[:, 1:].flatten())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
 
-    t = seconds(lm_step)
+    t_lm = t = seconds(lm_step)
     print(f"2. LM pretraining: {t * 1e3:.1f} ms/step, {cfg.batch_size * cfg.context / t:,.0f} tokens/s, "
           f"model FLOPs utilisation {lm_step_flops(cfg) / t / limit:.1%}")
     align_cfg, world_cfg = AlignConfig(), WorldConfig()
@@ -92,14 +94,14 @@ def main():
     images = torch.randint(0, 256, (align_cfg.batch_size, 3, 32, 32), dtype=torch.uint8)
     text_emb = torch.randn(align_cfg.batch_size, cfg.width)
 
-    def align_step():
-        image_emb, _ = embedder(images)
+    def align_step(model=embedder, optimizer=optimizer):
+        image_emb, _ = model(images)
         loss = info_nce(image_emb, text_emb, 0.07)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
 
-    t = seconds(align_step)
+    t_align = t = seconds(align_step)
     flops = embedder_step_flops(embedder, align_cfg.batch_size, 32)
     print(f"   alignment (InfoNCE only): {t * 1e3:.1f} ms/step, {align_cfg.batch_size / t:,.0f} images/s, "
           f"model FLOPs utilisation {flops / t / limit:.1%}")
@@ -154,6 +156,24 @@ def main():
     print(f"3c. attention, batch {B} x {T} tokens: written out {written * 1e3:.2f} ms, "
           f"scaled_dot_product_attention {sdpa * 1e3:.2f} ms (ratio {written / sdpa:.2f}), "
           f"max |difference| {difference:.1e}")
+
+    # 4. the embedder's layout, then torch.compile of each model (its first steps compile it)
+    default_layout = VisualEmbedder(world_cfg.image_size, cfg.width, align_cfg.prefix_tokens)
+    default_layout.to(memory_format=torch.contiguous_format)
+    t = seconds(lambda: align_step(default_layout, adamw(default_layout.parameters(), 1e-3, 0.0,
+                                                         torch.device("cpu"))))
+    print(f"4a. alignment step: channels-last embedder {t_align * 1e3:.1f} ms, "
+          f"default layout {t * 1e3:.1f} ms")
+    for name, eager, step in (("LM pretraining", t_lm, lambda model: lm_step(model)),
+                              ("alignment", t_align, lambda model: align_step(model))):
+        model = torch.compile(lm if name == "LM pretraining" else embedder)
+        start = time.perf_counter()
+        step(model)
+        step(model)
+        compiling = time.perf_counter() - start
+        compiled = seconds(lambda: step(model))
+        print(f"4b. {name} step: eager {eager * 1e3:.1f} ms, compiled {compiled * 1e3:.1f} ms "
+              f"(after {compiling:.0f} s of compiling)")
 
 
 if __name__ == "__main__":
