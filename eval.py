@@ -111,7 +111,7 @@ def describe(lm, tokenizer, prefixes, sample_temperature=0.0, seed=0, batch_size
         context_emb = image_context(lm, tokenizer, prefixes[i:i + batch_size])  # (B, 1 + K, C)
         prompt = newline.expand(len(context_emb), -1)                           # (B, 1)
         new = generate(lm, context_emb, prompt, lm.context, sample_temperature, generator,
-                       stop_id=newline[-1].item())
+                       stop_id=newline[-1].item())  # a caption is one line
         texts += [first_line(tokenizer, row.tolist()) for row in new]
     return texts
 
@@ -127,6 +127,7 @@ def answer(lm, tokenizer, contexts, question_texts, batch_size=500):
     contexts: a list of (P, C) tensors. Prompts are batched by context and prompt length so that
     no row needs padding in front."""
     prompts = [tokenizer.encode(f"\nq: {question} a:") for question in question_texts]
+    newline = tokenizer.encode("\n")[-1]
     answers = [None] * len(prompts)
     by_length = {}
     for i, prompt in enumerate(prompts):
@@ -136,7 +137,7 @@ def answer(lm, tokenizer, contexts, question_texts, batch_size=500):
             chunk = rows[start:start + batch_size]
             context_emb = torch.stack([contexts[i] for i in chunk])                # (B, P, C)
             prompt = torch.tensor([prompts[i] for i in chunk], device=context_emb.device)
-            new = generate(lm, context_emb, prompt, answer_length(tokenizer))
+            new = generate(lm, context_emb, prompt, answer_length(tokenizer), stop_id=newline)
             for i, row in zip(chunk, new.tolist()):
                 answers[i] = first_line(tokenizer, row)
     return answers
