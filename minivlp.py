@@ -85,13 +85,17 @@ def resolve_device(name):
     return torch.device(name)
 
 
+def native_bf16(device):
+    """Whether the device computes in bf16 natively: CUDA's tensor cores, and CPUs with AVX512-BF16
+    instructions (where bf16 training steps take about half the float32 time: see speed.py).
+    Other CPUs would only emulate bf16, slower than float32."""
+    return device.type == "cuda" or getattr(torch.cpu, "_is_avx512_bf16_supported", bool)()
+
+
 def autocast(device):
-    """bf16 autocast where the hardware computes in bf16 natively: CUDA's tensor cores, and CPUs
-    with AVX512-BF16 instructions (about twice as fast as float32 there: see speed.py). Other
-    CPUs would only emulate bf16, slower than float32, so they stay in float32. Losses, norms and
-    softmax stay float32 under autocast either way."""
-    native = device.type == "cuda" or getattr(torch.cpu, "_is_avx512_bf16_supported", bool)()
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=native)
+    """bf16 autocast where native_bf16(device), float32 elsewhere. Under autocast, matmuls and
+    convolutions run in bf16 while losses, norms and softmax stay in float32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=native_bf16(device))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -778,13 +782,13 @@ def text_features(lm, tokenizer, texts, device, batch_size=512):
     0.03 with the mean over one reading, 0.02 with the end-of-text state, 0.52 with this
     re-reading, which also leaves captions further apart (nearest-caption cosine 0.88 against
     0.98 and 0.98). Padding sits on the right, where causal attention keeps it from
-    touching the real tokens."""
+    touching the real tokens. Computed once per caption, so in float32 (no autocast): the
+    targets the embedder is trained toward carry no bf16 rounding."""
     ids, weights = reread_tokens(tokenizer, texts, lm.context)          # (M, T), (M, T)
     features = []
     for i in range(0, len(texts), batch_size):
-        with autocast(device):
-            features.append(reread_features(lm, ids[i:i + batch_size].to(device),
-                                            weights[i:i + batch_size].to(device)))
+        features.append(reread_features(lm, ids[i:i + batch_size].to(device),
+                                        weights[i:i + batch_size].to(device)))
     return torch.cat(features)                                          # (M, C)
 
 

@@ -2,10 +2,11 @@
 
     python tests/benchmarks/speed.py
 
-1. The limit: float32 matmul throughput (FLOP/s) of this machine, measured here.
+1. The limit: matmul throughput (FLOP/s) of this machine, measured here, in float32 and, where
+   this CPU computes bf16 natively (so that train.py's autocast uses it), in bf16.
 2. Model FLOPs utilisation of LM pretraining and of alignment: FLOPs per step counted from the
    model's shapes (a forward matmul of (m, k) x (k, n) is 2mkn FLOPs, backward twice that),
-   divided by the measured time per step, divided by the limit.
+   divided by the measured time per step, divided by the limit of the same precision.
 3. Side by side: (a) cached text embeddings against recomputing them through the frozen LM every
    step (what freezing saves, §4.4); (b) the hand-written info_nce against the F.cross_entropy
    formulation, forward + backward; (c) attention written out against scaled_dot_product_attention.
@@ -22,7 +23,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from minivlp import (AlignConfig, CausalSelfAttention, LanguageModel, LMConfig, VisualEmbedder,  # noqa: E402
-                     WorldConfig, adamw, info_nce, reread_tokens, reread_features)
+                     WorldConfig, adamw, autocast, info_nce, native_bf16, reread_tokens,
+                     reread_features)
 from tokenizer import Tokenizer  # noqa: E402
 
 
@@ -38,8 +40,8 @@ def seconds(work, repeat=10, warmup=2):
     return sorted(times)[len(times) // 2]
 
 
-def matmul_limit(n=1024):
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_limit(dtype, n=1024):
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     return 2 * n ** 3 / seconds(lambda: a @ b, repeat=20)
 
 
@@ -71,16 +73,23 @@ def embedder_step_flops(embedder, batch_size, image_size):
 
 def main():
     torch.manual_seed(0)
-    limit = matmul_limit()
+    limit = matmul_limit(torch.float32)
     print(f"1. this machine: float32 matmul {limit / 1e9:.1f} GFLOP/s ({torch.get_num_threads()} threads)")
+    cpu = torch.device("cpu")
+    if native_bf16(cpu):  # the training loops' autocast computes in bf16: so does this limit
+        limit = matmul_limit(torch.bfloat16)
+        print(f"   bf16 matmul {limit / 1e9:.1f} GFLOP/s: this CPU has native bf16, so the "
+              f"training steps below run under bf16 autocast, as in train.py")
 
     cfg = LMConfig()
     lm = LanguageModel(cfg)
-    optimizer = adamw(lm.parameters(), cfg.lr, cfg.weight_decay, torch.device("cpu"))
+    optimizer = adamw(lm.parameters(), cfg.lr, cfg.weight_decay, cpu)
     ids = torch.randint(0, cfg.vocab_size, (cfg.batch_size, cfg.context + 1))
 
     def lm_step(model=lm, optimizer=optimizer):  # binds this optimizer: the name is reused below
-        loss = F.cross_entropy(lm.logits(model(ids[:, :-1])).flatten(0, 1), ids[:, 1:].flatten())
+        with autocast(cpu):
+            logits = lm.logits(model(ids[:, :-1]))
+        loss = F.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -90,13 +99,14 @@ def main():
           f"model FLOPs utilisation {lm_step_flops(cfg) / t / limit:.1%}")
     align_cfg, world_cfg = AlignConfig(), WorldConfig()
     embedder = VisualEmbedder(world_cfg.image_size, cfg.width, align_cfg.prefix_tokens)
-    optimizer = adamw(embedder.parameters(), align_cfg.lr, align_cfg.weight_decay, torch.device("cpu"))
+    optimizer = adamw(embedder.parameters(), align_cfg.lr, align_cfg.weight_decay, cpu)
     images = torch.randint(0, 256, (align_cfg.batch_size, 3, 32, 32), dtype=torch.uint8)
     text_emb = torch.randn(align_cfg.batch_size, cfg.width)
 
     def align_step(model=embedder, optimizer=optimizer):
-        image_emb, _ = model(images)
-        loss = info_nce(image_emb, text_emb, 0.07)
+        with autocast(cpu):
+            image_emb, _ = model(images)
+        loss = info_nce(image_emb.float(), text_emb, 0.07)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -160,8 +170,8 @@ def main():
     # 4. the embedder's layout, then torch.compile of each model (its first steps compile it)
     default_layout = VisualEmbedder(world_cfg.image_size, cfg.width, align_cfg.prefix_tokens)
     default_layout.to(memory_format=torch.contiguous_format)
-    t = seconds(lambda: align_step(default_layout, adamw(default_layout.parameters(), 1e-3, 0.0,
-                                                         torch.device("cpu"))))
+    default_optimizer = adamw(default_layout.parameters(), align_cfg.lr, align_cfg.weight_decay, cpu)
+    t = seconds(lambda: align_step(default_layout, default_optimizer))
     print(f"4a. alignment step: channels-last embedder {t_align * 1e3:.1f} ms, "
           f"default layout {t * 1e3:.1f} ms")
     for name, eager, step in (("LM pretraining", t_lm, lambda model: lm_step(model)),
