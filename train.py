@@ -139,7 +139,7 @@ def writable_folder(path):
     out = Path(path)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
+        probe = out / f".write-test-{os.getpid()}"  # one a process: torchrun starts several
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as error:
