@@ -154,11 +154,17 @@ def all_scenes():
                if first != second for where in RELATIONS])
 
 
+def pick(rng, options):
+    """One of a list, uniformly: the draw rng.choice makes, without its conversion to an array
+    (five times faster; drawing the 20,000 training scenes and documents calls it 300,000 times)."""
+    return options[rng.integers(len(options))]
+
+
 def random_scene(rng, held_out):
     """Draw a scene; held_out=False avoids HELD_OUT_PAIRS, True needs one, None allows all."""
     while True:
         n_objects = int(rng.integers(1, 3))
-        objects = tuple((str(rng.choice(list(COLOURS))), str(rng.choice(SHAPES)))
+        objects = tuple((pick(rng, list(COLOURS)), pick(rng, SHAPES))
                         for _ in range(n_objects))
         if n_objects == 2 and objects[0] == objects[1]:
             continue  # 'a red circle above a red circle' names neither object
@@ -166,8 +172,8 @@ def random_scene(rng, held_out):
         if held_out is None or held_out == uses_held_out:
             break
     if n_objects == 1:
-        return Scene(objects, str(rng.choice(SIZES)), str(rng.choice(list(POSITIONS))))
-    return Scene(objects, "", str(rng.choice(list(RELATIONS))))
+        return Scene(objects, pick(rng, SIZES), pick(rng, list(POSITIONS)))
+    return Scene(objects, "", pick(rng, list(RELATIONS)))
 
 
 def draw_shape(draw, shape, cx, cy, r, fill):
@@ -242,9 +248,9 @@ def random_glyph(rng, held_out):
     """Draw a glyph; held_out as in random_scene, for the (colour, letter) pairs."""
     while True:
         colour, background = (str(c) for c in rng.choice(list(COLOURS), size=2, replace=False))
-        letter = str(rng.choice(LETTERS))
+        letter = pick(rng, LETTERS)
         if held_out is None or held_out == ((colour, letter) in GLYPH_HELD_OUT_PAIRS):
-            return Glyph(colour, letter, str(rng.choice(SIZES)), background)
+            return Glyph(colour, letter, pick(rng, SIZES), background)
 
 
 def render_glyph(glyph, image_size, rng):
@@ -260,7 +266,7 @@ def render_glyph(glyph, image_size, rng):
 
 def glyph_questions(glyph, rng):
     """Question-answer pairs about a glyph: (question, answer, kind), as questions() does."""
-    asked = (str(rng.choice(list(COLOURS))), str(rng.choice(LETTERS)))
+    asked = (pick(rng, list(COLOURS)), pick(rng, LETTERS))
     if rng.random() < 0.5:
         asked = (glyph.colour, glyph.letter)
     return [("what colour is the letter?", glyph.colour, "colour"),
@@ -494,7 +500,7 @@ def shapes_questions(scene, rng):
         pairs.append((f"what shape is the {colour} object?", shape, "shape"))
     if len(scene.objects) == 1:
         pairs.append((f"where is the {shape}?", scene.where, "position"))
-    asked = (str(rng.choice(list(COLOURS))), str(rng.choice(SHAPES)))
+    asked = (pick(rng, list(COLOURS)), pick(rng, SHAPES))
     if rng.random() < 0.5:
         asked = (colour, shape)
     pairs.append((f"is there a {asked[0]} {asked[1]}?", "yes" if asked in scene.objects else "no",
