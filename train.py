@@ -5,6 +5,7 @@
     python train.py --text-tower random    # the LM frozen at random initialisation, to compare
     python train.py --dataset glyphs       # the second toy world: coloured letters
     python train.py --data pairs.tsv --text corpus.txt     # your own image-caption pairs
+    python train.py --data big.tsv --stream                # images read from disk as it trains
     python train.py ... --resume           # continue an interrupted run from OUT/train_state.pt
     torchrun --nproc_per_node=4 train.py   # data parallel over 4 processes (GPUs, or CPUs)
     python eval.py --compare out/*/metrics.json   # runs side by side (see the README's table)
