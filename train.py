@@ -80,7 +80,8 @@ def build_parser():
     parser.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     parser.add_argument("--compile", action="store_true",
                         help="run the LM and the embedder through torch.compile while they train "
-                             "(compiling takes a while first: worth it on a GPU, for long runs)")
+                             "(compiling takes a while first; on the CPU measured it was slower: "
+                             "see the README's speed section)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the interrupted run in --out from its train_state.pt "
                              "(give the same flags as the run)")
