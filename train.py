@@ -77,7 +77,7 @@ def build_parser():
     parser.add_argument("--out", default="out", help="output folder (default: %(default)s)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="auto picks CUDA when present (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    parser.add_argument("--seed", type=number(int, True), default=0, help="(default: %(default)s)")
     parser.add_argument("--compile", action="store_true",
                         help="run the LM and the embedder through torch.compile while they train "
                              "(compiling takes a while first; on the CPU measured it was slower: "

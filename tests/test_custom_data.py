@@ -152,6 +152,7 @@ def bad_files(folder):
         ("unknown flag", ["--no-such-flag"], "--no-such-flag"),
         ("bad value", ["--steps", "many"], "--steps"),
         ("negative value", ["--lr", "-1"], "--lr"),
+        ("negative seed", ["--seed", "-1"], "--seed"),
         ("foreign checkpoint", ["--data", str(good), "--lm", str(foreign)], "foreign.pt"),
         ("pickled checkpoint", ["--data", str(good), "--lm", str(pickled)], "weights_only"),
         ("unwritable output", ["--out", str(folder / "a-file" / "out")], "--out"),
