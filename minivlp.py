@@ -12,7 +12,9 @@ eval.py are the command-line faces of these functions.
 """
 
 import csv
+import functools
 import io
+import itertools
 import json
 import math
 import os
@@ -1077,6 +1079,12 @@ def data_parallel(module, device, every_parameter_used=True, compile=False):
     return torch.compile(module) if compile else module
 
 
+@functools.lru_cache(maxsize=2)  # a step needs this epoch's order, and at its end the next one's
+def epoch_order(n_rows, seed, epoch):
+    """The (N,) order in which one epoch visits the rows: a seeded permutation."""
+    return torch.randperm(n_rows, generator=keyed_generator(seed, 2, epoch))
+
+
 def batch_rows(n_rows, batch_size, seed, step, rank=0, world=1):
     """The (B/W,) rows process `rank` of W trains on at `step`.
 
@@ -1086,8 +1094,7 @@ def batch_rows(n_rows, batch_size, seed, step, rank=0, world=1):
     keyed_generator, it depends on the step alone."""
     first, end = step * batch_size, (step + 1) * batch_size             # places in the row order
     epochs = range(first // n_rows, (end - 1) // n_rows + 1)
-    order = torch.cat([torch.randperm(n_rows, generator=keyed_generator(seed, 2, epoch))
-                       for epoch in epochs])                            # (N * len(epochs),)
+    order = torch.cat([epoch_order(n_rows, seed, epoch) for epoch in epochs])  # (N * epochs,)
     batch = order[first - epochs[0] * n_rows:end - epochs[0] * n_rows]  # (B,)
     share = batch_size // world
     return batch[rank * share:(rank + 1) * share]
@@ -1105,14 +1112,17 @@ def image_batches(images, rows_of_step, steps, device, workers=2):
             rows = rows_of_step(step).to(device)
             yield rows, images[rows]
         return
-    loader = torch.utils.data.DataLoader(images, batch_sampler=(rows_of_step(step).tolist()
-                                                                for step in steps),
-                                         num_workers=workers, pin_memory=device.type == "cuda")
-    for step, (batch_images, errors) in zip(steps, loader):
+    # Each step's rows go both to the loader (ahead of the loop) and to the loop: tee keeps the
+    # few in between, so they are drawn once.
+    for_loader, for_loop = itertools.tee(map(rows_of_step, steps))
+    loader = torch.utils.data.DataLoader(images, num_workers=workers,
+                                         batch_sampler=(rows.tolist() for rows in for_loader),
+                                         pin_memory=device.type == "cuda")
+    for rows, (batch_images, errors) in zip(for_loop, loader):
         for error in errors:  # a file that vanished or broke since training began
             if error:
                 raise ValueError(error)
-        yield rows_of_step(step).to(device), batch_images.to(device, non_blocking=True)
+        yield rows.to(device), batch_images.to(device, non_blocking=True)
 
 
 def align(embedder, temperature, tower, images, caption_index, captions, cfg, objective, device,
