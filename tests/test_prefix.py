@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from eval import answer, answer_length, bleu4, first_line, parse_caption
 from minivlp import (IGNORE, LanguageModel, LMConfig, Scene, VisualEmbedder, caption_tokens, freeze,
-                     generate, prefix_loss)
+                     generate, image_context, prefix_loss)
 from tokenizer import Tokenizer
 
 TINY = LMConfig(vocab_size=280, context=32, width=32, depth=2, heads=4)
@@ -61,11 +61,28 @@ def test_prefix_loss_ignores_padding_and_matches_a_per_token_reference(tokenizer
     total, count = 0.0, 0
     for row, text in enumerate(["a small red circle", "a big blue square on the left", "a"]):
         ids = torch.tensor([newline + tokenizer.encode(text) + newline])
-        context = torch.cat([lm.token_emb.weight[tokenizer.bos_id][None, None], prefix[row:row + 1]], 1)
+        token_length = torch.linalg.vector_norm(lm.token_emb.weight, dim=1).mean()
+        scaled = prefix[row:row + 1] / torch.linalg.vector_norm(prefix[row:row + 1], dim=-1,
+                                                                keepdim=True) * token_length
+        context = torch.cat([lm.token_emb.weight[tokenizer.bos_id][None, None], scaled], 1)
         logits = lm.logits(lm(ids, prefix=context))[0, 3:-1]             # states of the tokens
         total += F.cross_entropy(logits, ids[0, 1:], reduction="sum").item()
         count += ids.shape[1] - 1
     assert loss.item() == pytest.approx(total / count, abs=1e-5)
+
+
+def test_image_context_puts_bos_first_and_gives_each_prefix_vector_a_token_length(tokenizer):
+    torch.manual_seed(0)
+    lm = freeze(LanguageModel(TINY))
+    prefix = torch.randn(3, 2, TINY.width) * torch.tensor([0.01, 50.0])[None, :, None]
+    context = image_context(lm, tokenizer, prefix)                     # (3, 1 + 2, C)
+    assert context.shape == (3, 3, TINY.width)
+    assert torch.equal(context[:, 0], lm.token_emb.weight[tokenizer.bos_id].expand(3, -1))
+    lengths = [math.sqrt(sum(x * x for x in row)) for row in lm.token_emb.weight.tolist()]
+    for vector, original in zip(context[:, 1:].flatten(0, 1), prefix.flatten(0, 1)):
+        assert torch.linalg.vector_norm(vector).item() == pytest.approx(sum(lengths) / len(lengths),
+                                                                         rel=1e-5)
+        assert F.cosine_similarity(vector, original, dim=0).item() == pytest.approx(1.0, abs=1e-5)
 
 
 def test_captioning_gradients_reach_the_embedder_and_leave_the_lm_unchanged(tokenizer):
