@@ -948,10 +948,10 @@ def image_context(lm, tokenizer, prefix):
     """(B, K, C) visual prefix -> (B, 1 + K, C): the <bos> embedding, then the prefix, each of its
     K vectors set to the mean length of the LM's token embeddings (its direction is what the
     embedder learns). Left free, the prefix grew ten times longer than any token and drowned the
-    position embedding and the text after it: the LM then answered questions about the image
-    with caption fragments (README, 'The visual prefix')."""
+    position embedding and the text after it: captions and answers were worse (README, 'The
+    visual prefix')."""
     bos = lm.token_emb.weight[tokenizer.bos_id].expand(len(prefix), 1, -1)  # (B, 1, C)
-    token_length = lm.token_emb.weight.norm(dim=1).mean()               # () a constant: LM frozen
+    token_length = lm.token_emb.weight.norm(dim=1).mean()               # (): constant while frozen
     prefix = F.normalize(prefix.float(), dim=-1) * token_length         # (B, K, C)
     return torch.cat([bos, prefix.to(bos.dtype)], dim=1)
 
