@@ -952,8 +952,8 @@ def image_context(lm, tokenizer, prefix):
     visual prefix')."""
     bos = lm.token_emb.weight[tokenizer.bos_id].expand(len(prefix), 1, -1)  # (B, 1, C)
     token_length = lm.token_emb.weight.norm(dim=1).mean()               # (): constant while frozen
-    prefix = F.normalize(prefix.float(), dim=-1) * token_length         # (B, K, C)
-    return torch.cat([bos, prefix.to(bos.dtype)], dim=1)
+    prefix = F.normalize(prefix.to(bos.dtype), dim=-1) * token_length   # (B, K, C)
+    return torch.cat([bos, prefix], dim=1)
 
 
 def caption_tokens(tokenizer, captions, max_tokens):
