@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from minivlp import (COLOURS, LETTERS, POSITIONS, SHAPES, SIZES, WORLDS, Glyph, LanguageModel,
-                     LMConfig, TextTower, VisualEmbedder, WorldConfig, caption, embed_images, freeze,
-                     generate, image_context, load_checkpoint, load_image, make_eval_splits,
-                     make_support_split, pairs_split, questions, read_pairs, resolve_device,
-                     retrieval_metrics, save_json, zeroshot_accuracy, zeroshot_attributes)
+from minivlp import (WORLDS, Glyph, LanguageModel, LMConfig, TextTower, VisualEmbedder, WorldConfig,
+                     caption, embed_images, freeze, generate, image_context, load_checkpoint,
+                     load_image, make_eval_splits, make_support_split, pairs_split, questions,
+                     read_pairs, resolve_device, retrieval_metrics, save_json, zeroshot_accuracy,
+                     zeroshot_attributes)
 from tokenizer import Tokenizer
 
 
@@ -99,9 +99,6 @@ def bleu4(candidates, references):
 # Captioning and question answering through the frozen LM.
 # ------------------------------------------------------------------------------------------------
 
-ANSWERS = [*COLOURS, *SHAPES, "one", "two", *POSITIONS, *LETTERS, *SIZES, "yes", "no"]  # of questions()
-
-
 def describe(lm, tokenizer, prefixes, sample_temperature=0.0, seed=0, batch_size=500):
     """(N, K, C) prefixes -> N captions: '<bos> [image] \n' continued until the newline."""
     newline = torch.tensor(tokenizer.encode("\n"), device=prefixes.device)
@@ -116,13 +113,21 @@ def describe(lm, tokenizer, prefixes, sample_temperature=0.0, seed=0, batch_size
     return texts
 
 
-def answer_length(tokenizer):
-    """Tokens to generate for an answer: the longest answer word, then the newline."""
-    return max(len(tokenizer.encode(f" {word}")) for word in ANSWERS) + 1
+def query_length(tokenizer, question, reference):
+    """Positions the LM reads to answer `question` with the `reference` answer: the prompt and
+    the answer (the newline after it is predicted from the last answer token)."""
+    return len(tokenizer.encode(f"\nq: {question} a:")) + len(tokenizer.encode(f" {reference}"))
 
 
-def answer(lm, tokenizer, contexts, question_texts, batch_size=500):
-    """Answer each question after its (P, C) context: '<context> \n q: QUESTION a:' -> word.
+def verdict(text):
+    """An answer's last word: the whole of a one-word answer, the 'yes' or 'no' ending a chain."""
+    return text.split(" ")[-1]
+
+
+def answer(lm, tokenizer, contexts, question_texts, max_new_tokens=None, batch_size=500):
+    """Answer each question after its (P, C) context: '<context> \n q: QUESTION a:' -> the
+    answer line, generated up to its newline, or max_new_tokens if given (a batch runs until its
+    last row ends its line: a bound near the longest answer saves most of the evaluation's time).
 
     contexts: a list of (P, C) tensors. Prompts are batched by context and prompt length so that
     no row needs padding in front."""
@@ -137,7 +142,7 @@ def answer(lm, tokenizer, contexts, question_texts, batch_size=500):
             chunk = rows[start:start + batch_size]
             context_emb = torch.stack([contexts[i] for i in chunk])                # (B, P, C)
             prompt = torch.tensor([prompts[i] for i in chunk], device=context_emb.device)
-            new = generate(lm, context_emb, prompt, answer_length(tokenizer), stop_id=newline)
+            new = generate(lm, context_emb, prompt, max_new_tokens or lm.context, stop_id=newline)
             for i, row in zip(chunk, new.tolist()):
                 answers[i] = first_line(tokenizer, row)
     return answers
@@ -178,9 +183,9 @@ def solved_examples(lm, tokenizer, support_prefixes, support_scenes, kind, shots
 @torch.no_grad()
 def prefix_metrics(lm, tokenizer, prefixes, scenes, support_prefixes, support_scenes, shots=2,
                    vqa_images=500, seed=0):
-    """Captioning (exact match, per-attribute accuracy, BLEU-4) and VQA accuracy per question kind,
-    on the first `vqa_images` images, in five settings (the prefix never saw a question: all are
-    zero-shot but few-shot):
+    """Captioning (exact match, per-attribute accuracy, BLEU-4) and VQA accuracy per question kind
+    (of the verdict, an answer's last word), on the first `vqa_images` images, in five settings
+    (the prefix never saw a question: all are zero-shot but few-shot):
       vqa_acc           '<bos> [image] \n q: ... a:' (Frozen)
       vqa_describe_acc  '<bos> [image] \n CAPTION \n q: ... a:', CAPTION the LM's own caption of
                         the image: the LM answers from what it said (describe, then answer)
@@ -205,27 +210,34 @@ def prefix_metrics(lm, tokenizer, prefixes, scenes, support_prefixes, support_sc
     kinds = sorted({kind for *_, kind in asked})
     with_image = image_context(lm, tokenizer, prefixes)                        # (N, 1 + K, C)
     blind = lm.token_emb.weight[tokenizer.bos_id][None]                        # (1, C): <bos> only
-    longest_query = with_image.shape[1] + max(
-        len(tokenizer.encode(f"\nq: {q} a:")) for _, q, _, _ in asked) + answer_length(tokenizer) - 1
-    room = lm.context - longest_query                  # positions left for what precedes a query
-    said = after_own_caption(lm, tokenizer, prefixes[:vqa_images], generated[:vqa_images], room)
-    true_text = [torch.cat([blind, lm.token_emb(torch.tensor(tokenizer.encode(caption(scene))[:room],
-                                                             device=prefixes.device))])
+    # Positions left for what precedes a query: for each kind (an `exists` chain is long, so
+    # fewer solved examples fit before it), and for all kinds (the caption read before each).
+    room = {kind: lm.context - with_image.shape[1] - max(query_length(tokenizer, q, a)
+                                                         for _, q, a, k in asked if k == kind)
+            for kind in kinds}
+    caption_room = min(room.values())
+    said = after_own_caption(lm, tokenizer, prefixes[:vqa_images], generated[:vqa_images],
+                             caption_room)
+    true_text = [torch.cat([blind, lm.token_emb(torch.tensor(
+                     tokenizer.encode(caption(scene))[:caption_room], device=prefixes.device))])
                  for scene in scenes[:vqa_images]]
     examples = {kind: solved_examples(lm, tokenizer, support_prefixes, support_scenes, kind, shots,
-                                      room, rng) for kind in kinds}
+                                      room[kind], rng) for kind in kinds}
     settings = {"vqa_acc": [with_image[i] for i, *_ in asked],
                 "vqa_describe_acc": [said[i] for i, *_ in asked],
                 "vqa_blind_acc": [blind] * len(asked),
                 "vqa_fewshot_acc": [torch.cat([examples[kind][0], with_image[i]])
                                     for i, _, _, kind in asked],
                 "vqa_text_acc": [true_text[i] for i, *_ in asked]}
-    for setting, contexts in settings.items():
-        answers = answer(lm, tokenizer, contexts, [q for _, q, _, _ in asked])
-        for kind in kinds:
-            right = [given == a for given, (_, _, a, k) in zip(answers, asked) if k == kind]
-            metrics[f"{setting}_{kind}"] = float(np.mean(right))
-    metrics["vqa_fewshot_shots"] = min(count for _, count in examples.values())
+    for kind in kinds:  # one kind at a time: generation stops after that kind's longest answer
+        rows = [n for n, (*_, k) in enumerate(asked) if k == kind]
+        longest_answer = max(len(tokenizer.encode(f" {asked[n][2]}")) for n in rows) + 1
+        for setting, contexts in settings.items():
+            answers = answer(lm, tokenizer, [contexts[n] for n in rows], [asked[n][1] for n in rows],
+                             longest_answer)
+            metrics[f"{setting}_{kind}"] = float(np.mean([verdict(given) == verdict(asked[n][2])
+                                                          for given, n in zip(answers, rows)]))
+    metrics.update({f"vqa_fewshot_shots_{kind}": count for kind, (_, count) in examples.items()})
     return metrics
 
 
@@ -334,7 +346,7 @@ def format_table(results):
     text = table("retrieval / zero-shot", RETRIEVAL_COLUMNS, list(results.items()))
     text += table("captioning", CAPTION_COLUMNS, list(results.items()))
     settings = {"image": "vqa_acc", "image, own caption": "vqa_describe_acc",
-                "blind": "vqa_blind_acc", "image, 2 examples first": "vqa_fewshot_acc",
+                "blind": "vqa_blind_acc", "image, examples first": "vqa_fewshot_acc",
                 "true caption, no image": "vqa_text_acc"}
     vqa_rows = [(f"{name} {setting}", {kind: metrics[f"{prefix}_{kind}"] for kind in VQA_KINDS
                                         if f"{prefix}_{kind}" in metrics})
@@ -537,8 +549,8 @@ def draw_pictures(embedder, tower, split, history, objective, device, out):
         for scene in split.scenes[:6]:  # a colour question where there is one
             pairs = [(q, a) for q, a, kind in questions(scene, rng) if kind == "colour"]
             asked.append(pairs[0] if pairs else questions(scene, rng)[0][:2])
-        room = lm.context - 1 - prefixes.shape[1] - answer_length(tokenizer) + 1 - max(
-            len(tokenizer.encode(f"\nq: {q} a:")) for q, _ in asked)
+        room = lm.context - 1 - prefixes.shape[1] - max(query_length(tokenizer, q, a)
+                                                        for q, a in asked)
         contexts = after_own_caption(lm, tokenizer, prefixes[:6], generated, room)
         given = answer(lm, tokenizer, contexts, [q for q, _ in asked])
         draw_captions(split, generated, [(q, a, g) for (q, a), g in zip(asked, given)], paths[-1])

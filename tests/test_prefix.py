@@ -1,14 +1,17 @@
-"""The visual prefix (Frozen): the captioning loss, decoding, BLEU-4 and caption parsing."""
+"""The visual prefix (Frozen): the questions, the captioning loss, decoding, BLEU-4 and caption
+parsing."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from eval import answer, answer_length, bleu4, first_line, parse_caption
-from minivlp import (IGNORE, LanguageModel, LMConfig, Scene, VisualEmbedder, caption_tokens, freeze,
-                     generate, image_context, prefix_loss)
+from eval import answer, bleu4, first_line, parse_caption, verdict
+from minivlp import (IGNORE, Glyph, LanguageModel, LMConfig, Scene, VisualEmbedder, caption_tokens,
+                     freeze, generate, image_context, prefix_loss, questions, random_glyph,
+                     random_scene)
 from tokenizer import Tokenizer
 
 TINY = LMConfig(vocab_size=280, context=32, width=32, depth=2, heads=4)
@@ -17,6 +20,29 @@ TINY = LMConfig(vocab_size=280, context=32, width=32, depth=2, heads=4)
 @pytest.fixture(scope="module")
 def tokenizer():
     return Tokenizer.train("a small red circle on the left\na big blue square\n" * 20, 280)
+
+
+def test_exists_answers_name_the_asked_things_then_say_whether_the_asked_object_is_there():
+    scene = Scene((("red", "square"), ("blue", "square")), "", "above")
+    by_kind = lambda rng: {kind: (q, a) for q, a, kind in questions(scene, rng)}
+    seen = {by_kind(np.random.default_rng(seed))["exists"] for seed in range(1000)}
+    assert ("is there a blue square?", "i see a red square and a blue square, so yes") in seen
+    assert ("is there a green square?", "i see a red square and a blue square, so no") in seen
+    assert ("is there a red circle?", "i see no circle, so no") in seen
+    glyph = Glyph("red", "k", "large", "blue")
+    seen = {q: a for seed in range(1000) for q, a, kind in questions(glyph, np.random.default_rng(seed))
+            if kind == "exists"}
+    assert seen["is there a red letter k?"] == "i see a red letter k, so yes"
+    assert seen["is there a blue letter k?"] == "i see a red letter k, so no"
+    # Over many scenes the verdict agrees with a plain look through the objects.
+    rng = np.random.default_rng(1)
+    for scene in [random_scene(rng, None) for _ in range(300)] + [random_glyph(rng, None)
+                                                                   for _ in range(100)]:
+        q, a = next((q, a) for q, a, kind in questions(scene, rng) if kind == "exists")
+        objects = scene.objects if isinstance(scene, Scene) else [(scene.colour, scene.letter)]
+        words = q.removeprefix("is there a ").removesuffix("?").split(" ")
+        asked = (words[0], words[-1])                  # 'red square' or 'red letter k'
+        assert verdict(a) == ("yes" if asked in objects else "no"), (q, a)
 
 
 def test_bleu4_matches_a_value_worked_by_hand():
@@ -163,5 +189,5 @@ def test_answers_come_back_in_question_order_whatever_the_batching(tokenizer):
     batched = answer(lm, tokenizer, contexts, questions, batch_size=2)
     for context_emb, question, got in zip(contexts, questions, batched):
         ids = torch.tensor([tokenizer.encode(f"\nq: {question} a:")])
-        alone = generate(lm, context_emb[None], ids, answer_length(tokenizer))[0].tolist()
+        alone = generate(lm, context_emb[None], ids, TINY.context)[0].tolist()
         assert got == first_line(tokenizer, alone)

@@ -61,7 +61,7 @@ def test_tiny_run_reports_captioning_and_vqa_with_the_blind_baseline(tiny_run):
     for kind in ("colour", "shape", "count", "position", "exists"):
         for setting in ("vqa_acc", "vqa_blind_acc", "vqa_fewshot_acc"):
             assert 0.0 <= metrics[f"{setting}_{kind}"] <= 1.0
-    assert metrics["vqa_fewshot_shots"] >= 1                          # at least one example fit
+    assert metrics["vqa_fewshot_shots_count"] >= 1                    # at least one example fit
     # an exactly right caption has every attribute right, so exact match bounds them from below
     assert metrics["caption_exact_match"] <= min(metrics["caption_acc_colour"],
                                                  metrics["caption_acc_shape"])
