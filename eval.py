@@ -120,14 +120,15 @@ def query_length(tokenizer, question, reference):
 
 
 def verdict(text):
-    """An answer's last word: the whole of a one-word answer, the 'yes' or 'no' ending a chain."""
-    return text.split(" ")[-1]
+    """What an answer says: the 'yes' or 'no' after ', so ' in an `exists` chain, else the whole
+    answer (so a caption that happens to end with the right word is not a right answer)."""
+    return text.rsplit(", so ", 1)[-1]
 
 
 def answer(lm, tokenizer, contexts, question_texts, max_new_tokens=None, batch_size=500):
     """Answer each question after its (P, C) context: '<context> \n q: QUESTION a:' -> the
     answer line, generated up to its newline, or max_new_tokens if given (a batch runs until its
-    last row ends its line: a bound near the longest answer saves most of the evaluation's time).
+    last row ends its line, so a bound near the longest answer saves time where some never do).
 
     contexts: a list of (P, C) tensors. Prompts are batched by context and prompt length so that
     no row needs padding in front."""
@@ -184,7 +185,7 @@ def solved_examples(lm, tokenizer, support_prefixes, support_scenes, kind, shots
 def prefix_metrics(lm, tokenizer, prefixes, scenes, support_prefixes, support_scenes, shots=2,
                    vqa_images=500, seed=0):
     """Captioning (exact match, per-attribute accuracy, BLEU-4) and VQA accuracy per question kind
-    (of the verdict, an answer's last word), on the first `vqa_images` images, in five settings
+    (of the `verdict`), on the first `vqa_images` images, in five settings
     (the prefix never saw a question: all are zero-shot but few-shot):
       vqa_acc           '<bos> [image] \n q: ... a:' (Frozen)
       vqa_describe_acc  '<bos> [image] \n CAPTION \n q: ... a:', CAPTION the LM's own caption of
