@@ -493,8 +493,9 @@ def hold_out(table, rows, fraction, seed):
 def shapes_questions(scene, rng):
     """Question-answer pairs about a scene: (question, answer, kind). Answers use plain words.
 
-    Kinds: colour, shape, count, position (one object), exists. A question that would not name a
-    single object (two circles: 'what colour is the circle?') is not asked."""
+    Kinds: colour, shape, count, position (one object), exists (answered by a chain, see
+    exists_answer). A question that would not name a single object (two circles: 'what colour is
+    the circle?') is not asked."""
     shapes = [shape for _, shape in scene.objects]
     colours = [colour for colour, _ in scene.objects]
     colour, shape = scene.objects[int(rng.integers(len(scene.objects)))]
