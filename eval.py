@@ -234,8 +234,8 @@ def prefix_metrics(lm, tokenizer, prefixes, scenes, support_prefixes, support_sc
         rows = [n for n, (*_, k) in enumerate(asked) if k == kind]
         longest_answer = max(len(tokenizer.encode(f" {asked[n][2]}")) for n in rows) + 1
         for setting, contexts in settings.items():
-            answers = answer(lm, tokenizer, [contexts[n] for n in rows], [asked[n][1] for n in rows],
-                             longest_answer)
+            answers = answer(lm, tokenizer, [contexts[n] for n in rows],
+                             [asked[n][1] for n in rows], longest_answer)
             metrics[f"{setting}_{kind}"] = float(np.mean([verdict(given) == verdict(asked[n][2])
                                                           for given, n in zip(answers, rows)]))
     metrics.update({f"vqa_fewshot_shots_{kind}": count for kind, (_, count) in examples.items()})

@@ -30,8 +30,8 @@ def test_exists_answers_name_the_asked_things_then_say_whether_the_asked_object_
     assert ("is there a green square?", "i see a red square and a blue square, so no") in seen
     assert ("is there a red circle?", "i see no circle, so no") in seen
     glyph = Glyph("red", "k", "large", "blue")
-    seen = {q: a for seed in range(1000) for q, a, kind in questions(glyph, np.random.default_rng(seed))
-            if kind == "exists"}
+    seen = {q: a for seed in range(1000)
+            for q, a, kind in questions(glyph, np.random.default_rng(seed)) if kind == "exists"}
     assert seen["is there a red letter k?"] == "yes" and seen["is there a blue letter k?"] == "no"
     assert verdict("i see no circle, so no") == "no" and verdict("red") == "red"
     assert verdict("a small red circle on the left") != "left"          # not a position answer
