@@ -56,7 +56,7 @@ class LMConfig:
     width: int = 128             # C: hidden size of the LM, and so of the visual embedding
     depth: int = 2               # transformer blocks (2 learn to copy sooner than 4: README)
     heads: int = 4               # attention heads (width must divide evenly)
-    steps: int = 1800            # pretraining steps (1,200 left `exists` unlearned: README)
+    steps: int = 1800            # pretraining steps (1,200 learned `exists` less often: README)
     batch_size: int = 32         # sequences of `context` tokens per step
     lr: float = 3e-3             # peak learning rate (AdamW), after linear warmup
     warmup_steps: int = 40
@@ -271,9 +271,9 @@ def glyph_questions(glyph, rng):
     asked = (pick(rng, list(COLOURS)), pick(rng, LETTERS))
     if rng.random() < 0.5:
         asked = (glyph.colour, glyph.letter)
-    # A bare yes/no here, not the shapes world's chain (exists_answer): this world's LM never
-    # learns colour questions, which the chain's copy needs, and with the chain one seed's LM
-    # lost its paraphrase retrieval (README, 'A second world').
+    # A bare yes/no here, not the shapes world's chain (exists_answer): tried with the questions
+    # in a fixed order, the chain did not teach `exists` and one seed's LM lost its paraphrase
+    # retrieval (README, 'A second world').
     return [("what colour is the letter?", glyph.colour, "colour"),
             ("which letter is it?", glyph.letter, "letter"),
             ("what colour is the background?", glyph.background, "background"),
@@ -506,8 +506,8 @@ def shapes_questions(scene, rng):
         pairs.append((f"what shape is the {colour} object?", shape, "shape"))
     if len(scene.objects) == 1:
         pairs.append((f"where is the {shape}?", scene.where, "position"))
-    # Two 'is there' questions a document: with one, the LMs of two seeds of three learned the
-    # chain; with two (and 1,800 LM steps) all three did (README, 'The visual prefix').
+    # Two 'is there' questions a document: with one (and 1,200 LM steps), the LMs of two seeds
+    # of three learned the chain (README, 'The visual prefix').
     for _ in range(2):
         asked = (pick(rng, list(COLOURS)), pick(rng, SHAPES))
         if rng.random() < 0.5:                     # half the time about an object that is there

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 from eval import answer, bleu4, first_line, parse_caption, verdict
 from minivlp import (IGNORE, Glyph, LanguageModel, LMConfig, Scene, VisualEmbedder, caption_tokens,
-                     freeze, generate, image_context, prefix_loss, questions, random_glyph,
-                     random_scene)
+                     corpus_document, freeze, generate, image_context, prefix_loss, questions,
+                     random_glyph, random_scene)
 from tokenizer import Tokenizer
 
 TINY = LMConfig(vocab_size=280, context=32, width=32, depth=2, heads=4)
@@ -44,6 +44,22 @@ def test_exists_answers_name_the_asked_things_then_say_whether_the_asked_object_
         words = q.removeprefix("is there a ").removesuffix("?").split(" ")
         asked = (words[0], words[-1])                  # 'red square' or 'red letter k'
         assert verdict(a) == ("yes" if asked in objects else "no"), (q, a)
+
+
+def test_a_corpus_document_asks_its_questions_in_a_random_order_two_of_them_exists():
+    """Evaluation asks each question right after the description: in the corpus every kind must
+    come first sometimes, or the LM answers that place's kind whatever the question."""
+    kind_of = {"how many": "count", "what colour": "colour", "what shape": "shape",
+               "where is": "position", "is there": "exists"}
+    first_kinds = set()
+    for seed in range(300):
+        lines = corpus_document(np.random.default_rng(seed)).split("\n")
+        asked = [line for line in lines if line.startswith("q: ")]
+        assert lines[3:] == asked                               # three captions, then questions
+        kinds = [kind_of[" ".join(line.split(" ")[1:3])] for line in asked]
+        assert kinds.count("exists") == 2 and kinds.count("count") == 1
+        first_kinds.add(kinds[0])
+    assert first_kinds == set(kind_of.values())
 
 
 def test_bleu4_matches_a_value_worked_by_hand():
