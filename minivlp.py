@@ -271,15 +271,14 @@ def glyph_questions(glyph, rng):
     asked = (pick(rng, list(COLOURS)), pick(rng, LETTERS))
     if rng.random() < 0.5:
         asked = (glyph.colour, glyph.letter)
-    # A bare yes/no here, not the shapes world's chain (exists_answer): tried with the questions
-    # in a fixed order, the chain did not teach `exists` and one seed's LM lost its paraphrase
-    # retrieval (README, 'A second world').
+    # The shapes world's chain, the letter in the place of the shape: 'i see a red letter k, so no'.
+    chain = exists_answer([(glyph.colour, f"letter {glyph.letter}")],
+                          (asked[0], f"letter {asked[1]}"))
     return [("what colour is the letter?", glyph.colour, "colour"),
             ("which letter is it?", glyph.letter, "letter"),
             ("what colour is the background?", glyph.background, "background"),
             ("is the letter small or large?", glyph.size, "size"),
-            (f"is there a {asked[0]} letter {asked[1]}?",
-             "yes" if asked == (glyph.colour, glyph.letter) else "no", "exists")]
+            (f"is there a {asked[0]} letter {asked[1]}?", chain, "exists")]
 
 
 # One name per world, for --dataset: how it draws scenes, all its scenes, its synonyms. caption,
@@ -518,9 +517,9 @@ def shapes_questions(scene, rng):
 
 
 def exists_answer(objects, asked):
-    """The answer to 'is there a COLOUR SHAPE?' about a scene's (colour, shape) objects: the
-    objects of that shape first, then the verdict: 'i see a blue square, so no', 'i see no cross,
-    so no'.
+    """The answer to 'is there a COLOUR SHAPE?' about a scene's (colour, shape) objects (a
+    glyph's one object is (colour, 'letter k')): the objects of that shape first, then the
+    verdict: 'i see a blue square, so no', 'i see no cross, so no'.
 
     A bare 'yes' or 'no' was never learned by the tiny LM (README, 'The visual prefix'): it must
     match colour and shape at once. The chain splits that into a copy from the description, the

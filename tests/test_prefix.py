@@ -32,7 +32,9 @@ def test_exists_answers_name_the_asked_things_then_say_whether_the_asked_object_
     glyph = Glyph("red", "k", "large", "blue")
     seen = {q: a for seed in range(1000)
             for q, a, kind in questions(glyph, np.random.default_rng(seed)) if kind == "exists"}
-    assert seen["is there a red letter k?"] == "yes" and seen["is there a blue letter k?"] == "no"
+    assert seen["is there a red letter k?"] == "i see a red letter k, so yes"
+    assert seen["is there a blue letter k?"] == "i see a red letter k, so no"
+    assert seen["is there a red letter m?"] == "i see no letter m, so no"
     assert verdict("i see no circle, so no") == "no" and verdict("red") == "red"
     assert verdict("a small red circle on the left") != "left"          # not a position answer
     # Over many scenes the verdict agrees with a plain look through the objects.
