@@ -77,7 +77,7 @@ def test_caption_and_ask_answer_for_an_image_file(tiny_run):
     result = run_cli("eval.py", "--ckpt", str(tiny_run / "minivlp.pt"), "--ask", str(image),
                      "how many objects are there?", "--device", "cpu")
     assert result.returncode == 0, result.stderr
-    assert len(result.stdout.splitlines()) == 1                        # the answer, on one line
+    assert len(result.stdout.splitlines()) == 2                        # the caption, the answer
 
 
 def test_caption_of_a_missing_or_broken_image_is_a_clear_error(tiny_run, tmp_path):
