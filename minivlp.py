@@ -266,21 +266,6 @@ def render_glyph(glyph, image_size, rng):
     return np.array(image)
 
 
-def glyph_questions(glyph, rng):
-    """Question-answer pairs about a glyph: (question, answer, kind), as questions() does."""
-    asked = (pick(rng, list(COLOURS)), pick(rng, LETTERS))
-    if rng.random() < 0.5:
-        asked = (glyph.colour, glyph.letter)
-    # The shapes world's chain, the letter in the place of the shape: 'i see a red letter k, so no'.
-    chain = exists_answer([(glyph.colour, f"letter {glyph.letter}")],
-                          (asked[0], f"letter {asked[1]}"))
-    return [("what colour is the letter?", glyph.colour, "colour"),
-            ("which letter is it?", glyph.letter, "letter"),
-            ("what colour is the background?", glyph.background, "background"),
-            ("is the letter small or large?", glyph.size, "size"),
-            (f"is there a {asked[0]} letter {asked[1]}?", chain, "exists")]
-
-
 # One name per world, for --dataset: how it draws scenes, all its scenes, its synonyms. caption,
 # render and questions serve both worlds, choosing by the kind of scene they are given.
 WORLDS = {"shapes": {"random": random_scene, "all": all_scenes, "synonyms": SYNONYMS},
@@ -489,6 +474,8 @@ def hold_out(table, rows, fraction, seed):
     return [rows[i] for i in sorted(order[n_held_out:])], [rows[i] for i in sorted(order[:n_held_out])]
 
 
+# The LM's corpus: questions about a scene of either world, then whole text-only documents.
+
 def shapes_questions(scene, rng):
     """Question-answer pairs about a scene: (question, answer, kind). Answers use plain words.
 
@@ -521,12 +508,27 @@ def exists_answer(objects, asked):
     glyph's one object is (colour, 'letter k')): the objects of that shape first, then the
     verdict: 'i see a blue square, so no', 'i see no cross, so no'.
 
-    A bare 'yes' or 'no' was never learned by the tiny LM (README, 'The visual prefix'): it must
-    match colour and shape at once. The chain splits that into a copy from the description, the
+    A bare 'yes' or 'no' was not learned by the tiny LM in any form that kept answering after an
+    image (README, 'The visual prefix'): it must match colour and shape at once. The chain splits that into a copy from the description, the
     skill colour questions use, and a comparison of two colour words a few tokens apart."""
     shape = asked[1]
     seen = " and ".join(f"a {c} {s}" for c, s in objects if s == shape) or f"no {shape}"
     return f"i see {seen}, so {'yes' if asked in objects else 'no'}"
+
+
+def glyph_questions(glyph, rng):
+    """Question-answer pairs about a glyph: (question, answer, kind), as questions() does."""
+    asked = (pick(rng, list(COLOURS)), pick(rng, LETTERS))
+    if rng.random() < 0.5:
+        asked = (glyph.colour, glyph.letter)
+    # The shapes world's chain, the letter in the place of the shape: 'i see a red letter k, so no'.
+    chain = exists_answer([(glyph.colour, f"letter {glyph.letter}")],
+                          (asked[0], f"letter {asked[1]}"))
+    return [("what colour is the letter?", glyph.colour, "colour"),
+            ("which letter is it?", glyph.letter, "letter"),
+            ("what colour is the background?", glyph.background, "background"),
+            ("is the letter small or large?", glyph.size, "size"),
+            (f"is there a {asked[0]} letter {asked[1]}?", chain, "exists")]
 
 
 def random_wording(rng, synonyms=SYNONYMS):
