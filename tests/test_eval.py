@@ -1,54 +1,65 @@
-"""Retrieval metrics against a brute-force count, zero-shot accuracy on a hand-made case, and
-the side-by-side comparison of runs on hand-made metrics files."""
+"""Retrieval metrics against a count by the rule, hand-made ties, and chance; zero-shot accuracy
+on a hand-made case; the side-by-side comparison of runs on hand-made metrics files."""
 
 import json
+import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from minivlp import COLOURS, POSITIONS, SHAPES, SIZES, Scene, caption, retrieval_metrics, zeroshot_accuracy
 
 
 def brute_force_ranks(similarity, caption_index):
-    """Ranks by counting, one row at a time, with plain Python lists."""
+    """Ranks by the rule, counted with plain Python lists: 1 + the wrong candidates that score at
+    least as high as the best right one (a tie counts against the model)."""
     N, M = len(similarity), len(similarity[0])
     image_ranks = []
     for i in range(N):
-        # the right caption's place: 1 + the captions scored strictly higher (ties favour the model)
-        better = [j for j in range(M) if similarity[i][j] > similarity[i][caption_index[i]]]
-        image_ranks.append(len(better) + 1)
+        right = similarity[i][caption_index[i]]
+        image_ranks.append(1 + sum(1 for j in range(M)
+                                   if j != caption_index[i] and similarity[i][j] >= right))
     text_ranks = []
     for j in range(M):
         right = [i for i in range(N) if caption_index[i] == j]
         best = max(similarity[i][j] for i in right)
-        text_ranks.append(1 + sum(1 for i in range(N) if i not in right and similarity[i][j] > best))
+        text_ranks.append(1 + sum(1 for i in range(N) if i not in right and similarity[i][j] >= best))
     return image_ranks, text_ranks
 
 
-def test_recall_matches_a_brute_force_count_with_duplicate_captions():
-    # 5 images, 3 distinct captions; images 0 and 3 share caption 0, images 1 and 4 caption 1
-    similarity = torch.tensor([[0.9, 0.1, 0.3],
-                               [0.2, 0.5, 0.8],
-                               [0.1, 0.4, 0.7],
-                               [0.3, 0.6, 0.2],
-                               [0.0, 0.9, 0.1]])
-    caption_index = torch.tensor([0, 1, 2, 0, 1])
-    # worked by hand: image ranks 1, 2, 1, 2, 1; text ranks: caption 0 -> image 0 first (1),
-    # caption 1 -> image 4 first (1), caption 2 -> image 1 scores 0.8 > image 2's 0.7 (2)
-    image_ranks, text_ranks = brute_force_ranks(similarity.tolist(), caption_index.tolist())
-    assert image_ranks == [1, 2, 1, 2, 1] and text_ranks == [1, 1, 2]
-    metrics = retrieval_metrics(similarity, caption_index, ks=(1, 2))
-    assert metrics["image_to_text_R@1"] == pytest.approx(3 / 5)
-    assert metrics["image_to_text_R@2"] == pytest.approx(1.0)
-    assert metrics["image_to_text_mean_rank"] == pytest.approx(7 / 5)
-    assert metrics["text_to_image_R@1"] == pytest.approx(2 / 3)
-    assert metrics["text_to_image_mean_rank"] == pytest.approx(4 / 3)
-    assert metrics["text_to_image_median_rank"] == 1
+def test_ranks_worked_by_hand_with_ties_and_a_shared_caption():
+    """Images 0 and 2 share caption 0; image 1 has caption 1, image 3 caption 2.
+    Image -> text, each row against its own caption:
+        image 0: caption 1 ties its 0.5                     -> rank 2
+        image 1: 0.7 beats 0.2 and 0.6                      -> rank 1
+        image 2: 0.5 beats the two tied wrong 0.3s          -> rank 1
+        image 3: every caption scores 0.6, two of them wrong -> rank 3
+    Text -> image, each column against its best right image:
+        caption 0: images 0 and 2 tie at 0.5 (both right); image 3's 0.6 is higher -> rank 2
+        caption 1: image 1's 0.7 beats every other image                           -> rank 1
+        caption 2: image 3's 0.6 is tied by image 1                                -> rank 2
+    Counting only strictly higher scores would rank every image first."""
+    similarity = torch.tensor([[0.5, 0.5, 0.1],
+                               [0.2, 0.7, 0.6],
+                               [0.5, 0.3, 0.3],
+                               [0.6, 0.6, 0.6]])
+    caption_index = torch.tensor([0, 1, 0, 2])
+    assert brute_force_ranks(similarity.tolist(), caption_index.tolist()) == ([2, 1, 1, 3], [2, 1, 2])
+    metrics = retrieval_metrics(similarity, caption_index, ks=(1, 2, 3))
+    assert metrics["image_to_text_R@1"] == 2 / 4
+    assert metrics["image_to_text_R@2"] == 3 / 4
+    assert metrics["image_to_text_R@3"] == 1.0
+    assert metrics["image_to_text_mean_rank"] == pytest.approx(7 / 4)
+    assert metrics["text_to_image_R@1"] == pytest.approx(1 / 3)
+    assert metrics["text_to_image_R@2"] == 1.0
+    assert metrics["text_to_image_mean_rank"] == pytest.approx(5 / 3)
+    assert metrics["text_to_image_median_rank"] == 2
 
 
-def test_recall_matches_brute_force_on_random_scores():
+def test_recall_matches_the_count_by_the_rule_on_scores_full_of_ties():
     g = torch.Generator().manual_seed(0)
-    similarity = torch.randn(40, 12, generator=g)
+    similarity = torch.randint(0, 5, (40, 12), generator=g) / 4        # 5 values: many ties
     caption_index = torch.randint(0, 12, (40,), generator=g)
     caption_index[:12] = torch.arange(12)                              # every caption has an image
     image_ranks, text_ranks = brute_force_ranks(similarity.tolist(), caption_index.tolist())
@@ -57,6 +68,62 @@ def test_recall_matches_brute_force_on_random_scores():
         assert metrics[f"image_to_text_R@{k}"] == pytest.approx(sum(r <= k for r in image_ranks) / 40)
         assert metrics[f"text_to_image_R@{k}"] == pytest.approx(sum(r <= k for r in text_ranks) / 12)
     assert metrics["image_to_text_mean_rank"] == pytest.approx(sum(image_ranks) / 40)
+    assert metrics["text_to_image_mean_rank"] == pytest.approx(sum(text_ranks) / 12)
+
+
+# Chance: an embedder that knows nothing puts the candidates in a random order.
+#   image -> text: the image's caption is first among the M captions with probability 1/M.
+#   text -> image: the n_j images of caption j are all right answers among the N images, so one of
+#   them is first with probability n_j / N; the mean over the M captions is Σ_j n_j / (N M) = 1/M,
+#   whatever the n_j. Its mean rank: each of the N - n_j wrong images comes before all n_j right
+#   ones with probability 1 / (n_j + 1), so the expected rank is 1 + (N - n_j) / (n_j + 1).
+
+def test_an_embedder_that_maps_every_image_to_one_vector_is_at_or_below_chance():
+    """Every image the same vector: every row of scores is the same, so image -> text puts one
+    caption first for all images (R@1 is the share of images with that caption: 1/M when the
+    captions have equal shares), and text -> image ties every image with every other: each
+    caption's right images come after all N - n wrong ones."""
+    g = torch.Generator().manual_seed(0)
+    M, n, C = 10, 6, 16
+    N = M * n
+    caption_index = torch.arange(M).repeat_interleave(n)                # n images a caption
+    text_emb = F.normalize(torch.randn(M, C, generator=g), dim=1)
+    # any vector, one caption's own embedding, and zero (which must stay zero, not turn NaN)
+    for vector in (torch.randn(C, generator=g), text_emb[3], torch.zeros(C)):
+        image_emb = F.normalize(vector.expand(N, C), dim=1)
+        metrics = retrieval_metrics(image_emb @ text_emb.T, caption_index, ks=(1,))
+        assert metrics["image_to_text_R@1"] <= 1 / M + 1e-6               # float32 1/M
+        assert metrics["text_to_image_R@1"] == 0.0
+        assert metrics["text_to_image_mean_rank"] == 1 + N - n
+    assert metrics["image_to_text_R@1"] == 0.0                          # zero: all captions tie
+
+
+def test_random_embeddings_score_near_chance():
+    """Random unit vectors for images and captions, drawn afresh many times: the mean of each
+    figure over the draws is within 4 standard errors of chance (worked out above)."""
+    g = torch.Generator().manual_seed(0)
+    draws, M, n, C = 50, 20, 10, 32
+    N = M * n
+    caption_index = torch.arange(M).repeat_interleave(n)
+    keys = ["image_to_text_R@1", "image_to_text_mean_rank", "text_to_image_R@1",
+            "text_to_image_mean_rank"]
+    chance = [1 / M, (M + 1) / 2, 1 / M, 1 + (N - n) / (n + 1)]
+    figures = torch.tensor([[metrics[key] for key in keys] for metrics in (
+        retrieval_metrics(F.normalize(torch.randn(N, C, generator=g), dim=1)
+                          @ F.normalize(torch.randn(M, C, generator=g), dim=1).T,
+                          caption_index, ks=(1,)) for _ in range(draws))], dtype=torch.float64)
+    mean, standard_error = figures.mean(0), figures.std(0) / math.sqrt(draws)
+    for key, value, expected, error in zip(keys, mean, chance, standard_error):
+        assert abs(value - expected) < 4 * error, (key, value.item(), expected)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_embedding_is_a_clear_error(bad):
+    # NaN compares false with everything: counted naively it would rank every answer first
+    image_emb = torch.eye(3)
+    image_emb[1, 0] = bad                                               # one broken image
+    with pytest.raises(ValueError, match="not finite"):
+        retrieval_metrics(image_emb @ torch.eye(3).T, torch.arange(3))
 
 
 def test_zeroshot_is_perfect_when_image_embeddings_are_their_captions_embeddings():
