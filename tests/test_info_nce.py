@@ -92,14 +92,21 @@ def test_swapping_images_and_texts_leaves_the_symmetric_loss_unchanged():
 
 
 @pytest.mark.parametrize("n, tau", [(1, 0.07), (64, 0.001), (1, 0.001)])
-def test_finite_in_float32_for_one_pair_and_tiny_temperature(n, tau):
-    v, t = random_pair(n=n, c=8, dtype=torch.float32)
+def test_float32_at_a_tiny_temperature_matches_float64_cross_entropy(n, tau):
+    """At τ = 0.001 the logits reach ±1000, where exp overflows even float64: the loss must stay
+    a log-sum-exp, equal to F.cross_entropy in float64 (one pair: nothing to confuse, loss 0)."""
+    v, t = random_pair(n=n, c=8)
     v.requires_grad_(True)
-    loss = info_nce(v, t, tau)
+    logits = F.normalize(v, dim=1) @ F.normalize(t, dim=1).T / tau       # float64
+    labels = torch.arange(n)
+    expected = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    (expected_grad,) = torch.autograd.grad(expected, v)
+    v32 = v.detach().float().requires_grad_(True)
+    loss = info_nce(v32, t.float(), tau)
     loss.backward()
-    assert torch.isfinite(loss) and torch.isfinite(v.grad).all()
-    if n == 1:
-        assert loss.item() == pytest.approx(0.0, abs=1e-6)             # one pair: nothing to confuse
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-4, abs=1e-6)
+    torch.testing.assert_close(v32.grad, expected_grad.float(), rtol=1e-3,
+                               atol=1e-3 * expected_grad.abs().max().item() + 1e-6)
 
 
 def test_temperature_is_clamped_so_that_its_inverse_stays_at_most_100():
@@ -116,14 +123,32 @@ def test_temperature_is_clamped_so_that_its_inverse_stays_at_most_100():
 
 
 def test_the_documents_worked_example_of_two_pairs():
-    """§4.3: two pairs, v1 (yellow puppy image) meets t1 (its caption), v2 (red car) meets t2.
-    With orthogonal unit vectors, sim(v_i, t_i) = 1 and sim(v_i, t_j) = 0, so by hand
-        L_i = -log( e^(1/τ) / (e^(1/τ) + e^0) ) = log(1 + e^(-1/τ))   for both i;
-    at τ = 1 that is log(1 + 1/e) = 0.31326. Matching each image to the other caption instead
-    gives log(1 + e^(1/τ)) = 1.31326: the loss is low only when each image meets its own caption."""
-    puppy, car = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
-    images, captions = torch.stack([puppy, car]), torch.stack([puppy, car])
-    assert info_nce(images, captions, 1.0).item() == pytest.approx(math.log(1 + math.exp(-1)))
-    assert info_nce(images, captions.flip(0), 1.0).item() == pytest.approx(math.log(1 + math.e))
-    # a lower temperature sharpens the contrast: the right matching costs almost nothing
-    assert info_nce(images, captions, 0.1).item() == pytest.approx(math.log(1 + math.exp(-10)), abs=1e-6)
+    """§4.3 with the numbers of tutorials/05_infonce_by_hand.ipynb: v1 (the yellow puppy's image)
+    meets t1 (its caption), v2 (the red car's image) meets t2. Worked by hand:
+        |v1|² = 0.98   |v2|² = 1.01   |t1|² = 1.09   |t2|² = 1.25
+        v1·t1 = 1.02   v1·t2 = 0.30   v2·t1 = 0.28   v2·t2 = 1.10
+    and s_ij = sim(v_i, t_j) = v_i·t_j / (|v_i| |t_j|). With two pairs each term has one negative:
+        L_i = -log( e^(s_ii/τ) / (e^(s_ii/τ) + e^(s_ij/τ)) ) = log(1 + e^((s_ij - s_ii)/τ)),
+    and caption -> image is the same down the columns. Swapping the captions makes the
+    off-diagonal scores the right ones: the loss is low only when each image meets its own."""
+    # the notebook's numbers, in float64: float32 resolves a loss of 0.00079 to only 3 digits
+    v = torch.tensor([[0.9, 0.1, 0.4], [0.1, 0.8, 0.6]], dtype=torch.float64)
+    t = torch.tensor([[1.0, 0.0, 0.3], [0.0, 1.0, 0.5]], dtype=torch.float64)
+    length_v, length_t = [math.sqrt(0.98), math.sqrt(1.01)], [math.sqrt(1.09), math.sqrt(1.25)]
+    dots = [[1.02, 0.30], [0.28, 1.10]]
+    s = [[dots[i][j] / (length_v[i] * length_t[j]) for j in (0, 1)] for i in (0, 1)]
+
+    def by_hand(s, tau):
+        """(image -> text, symmetric) loss of two pairs with similarities s."""
+        image_to_text = sum(math.log1p(math.exp((s[i][1 - i] - s[i][i]) / tau)) for i in (0, 1)) / 2
+        text_to_image = sum(math.log1p(math.exp((s[1 - j][j] - s[j][j]) / tau)) for j in (0, 1)) / 2
+        return image_to_text, (image_to_text + text_to_image) / 2
+
+    assert f"{by_hand(s, 0.1)[0]:.5f}" == "0.00079"                     # as the notebook prints
+    for tau in (1.0, 0.1):
+        image_to_text, symmetric = by_hand(s, tau)
+        assert info_nce(v, t, tau, symmetric=False).item() == pytest.approx(image_to_text, rel=1e-9)
+        assert info_nce(v, t, tau).item() == pytest.approx(symmetric, rel=1e-9)
+        swapped = by_hand([row[::-1] for row in s], tau)[1]            # t2 is now v1's caption
+        assert info_nce(v, t.flip(0), tau).item() == pytest.approx(swapped, rel=1e-9)
+        assert swapped > symmetric
