@@ -168,17 +168,30 @@ def counting_lm():
     return freeze(lm)
 
 
-def test_greedy_decoding_of_a_hand_built_model_counts_and_is_deterministic():
+def test_greedy_decoding_of_a_hand_built_model_counts():
     lm = counting_lm()
     context = lm.token_emb(torch.tensor([[0], [0]]))                   # (2, 1, C)
     prompt = torch.tensor([[3], [6]])
     expected = torch.tensor([[4, 5, 6, 7, 0], [7, 0, 1, 2, 3]])
     assert torch.equal(generate(lm, context, prompt, 5), expected)
-    assert torch.equal(generate(lm, context, prompt, 5), expected)
-    # sampling at a tiny temperature is greedy; at 1 with a seeded generator it is repeatable
+    # sampling at a tiny temperature is greedy
     assert torch.equal(generate(lm, context, prompt, 5, sample_temperature=1e-3), expected)
-    run = lambda: generate(lm, context, prompt, 5, 1.0, torch.Generator().manual_seed(1))
-    assert torch.equal(run(), run())
+
+
+def test_sampling_draws_from_the_softmax_of_the_logits_over_the_temperature():
+    """4,000 draws of the next token at temperature 5: each token's share is within 4 standard
+    errors of softmax(logits / 5), with the logits read straight from the LM."""
+    lm = counting_lm()
+    rows = 4000
+    context = lm.token_emb(torch.zeros(rows, 1, dtype=torch.long))      # (rows, 1, C)
+    prompt = torch.full((rows, 1), 3)
+    logits = lm.logits(lm(prompt[:1], prefix=context[:1]))[0, -1]      # (V,): after the prompt
+    expected = (logits / 5).softmax(dim=0)
+    draw = lambda seed: generate(lm, context, prompt, 1, 5.0, torch.Generator().manual_seed(seed))
+    share = torch.bincount(draw(0)[:, 0], minlength=8) / rows
+    standard_error = (expected * (1 - expected) / rows).sqrt()
+    assert ((share - expected).abs() < 4 * standard_error).all(), (share, expected)
+    assert torch.equal(draw(0), draw(0)) and not torch.equal(draw(0), draw(1))  # the seed counts
 
 
 def test_generation_stops_once_every_row_holds_the_stop_id():
