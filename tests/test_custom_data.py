@@ -62,7 +62,6 @@ def test_own_tsv_trains_and_evaluates_end_to_end(dataset, tmp_path, capsys):
     assert set(metrics) == {"val", "run"}
     assert metrics["val"]["images"] == 6                               # a seeded 10% held out
     assert metrics["val"]["image_to_text_R@1"] > 0.5                   # three colours: chance 1/3
-    assert 0 <= metrics["val"]["caption_exact_match"] <= 1
     for name in ("lm.pt", "minivlp.pt", "train_state.pt", "captions.png", "retrieval.png"):
         assert (out / name).exists(), name
     evaluation.main(["--ckpt", str(out / "minivlp.pt"), "--data", str(dataset), "--device", "cpu",
