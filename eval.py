@@ -22,13 +22,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from minivlp import (WORLDS, Glyph, LanguageModel, LMConfig, TextTower, VisualEmbedder, WorldConfig,
-                     caption, embed_images, freeze, generate, image_context, load_checkpoint,
-                     load_image, make_eval_splits, make_support_split, pairs_split, questions,
-                     read_pairs, resolve_device, retrieval_metrics, save_json, zeroshot_accuracy,
-                     zeroshot_attributes)
+from minivlp import (PRECISIONS, WORLDS, Glyph, LanguageModel, LMConfig, TextTower, VisualEmbedder,
+                     WorldConfig, caption, embed_images, environment, freeze, generate,
+                     image_context, load_checkpoint, load_image, make_eval_splits,
+                     make_support_split, pairs_split, questions, read_pairs, resolve_device,
+                     retrieval_metrics, save_json, zeroshot_accuracy, zeroshot_attributes)
 from tokenizer import Tokenizer
 
 
@@ -271,9 +272,9 @@ def zeroshot_named_classes(image_emb, image_captions, classes, templates, embed_
     if not scored:
         raise ValueError(f"--classes: no caption names exactly one of {classes}")
     prompts = embed_texts([template.format(name) for name in classes for template in templates])
-    prompts = prompts / prompts.norm(dim=1, keepdim=True)               # (classes * templates, C)
+    prompts = F.normalize(prompts, dim=1)                               # (classes * templates, C)
     class_emb = prompts.view(len(classes), len(templates), -1).mean(1)  # (classes, C)
-    class_emb = class_emb / class_emb.norm(dim=1, keepdim=True)
+    class_emb = F.normalize(class_emb, dim=1)
     predicted = (image_emb[scored] @ class_emb.T).argmax(dim=1).cpu()   # (scored,)
     right = predicted == torch.tensor([truth[i][0] for i in scored])
     return {"zeroshot_acc": right.float().mean().item(), "zeroshot_images": len(scored)}
@@ -283,7 +284,8 @@ def zeroshot_named_classes(image_emb, image_captions, classes, templates, embed_
 # Every metric of every split, and the tables.
 # ------------------------------------------------------------------------------------------------
 
-def evaluate(embedder, tower, splits, support, device, objective, classes=None, templates=None):
+def evaluate(embedder, tower, splits, support, device, objective, classes=None, templates=None,
+             precision="auto"):
     """{split name: metrics}: retrieval and zero-shot for the contrastive head, captioning and VQA
     for the prefix head. `paraphrase` holds the `test` images, so only its retrieval is new.
 
@@ -291,14 +293,15 @@ def evaluate(embedder, tower, splits, support, device, objective, classes=None, 
     `classes` (with `templates`) when given; support is then None (no few-shot VQA)."""
     results = {}
     if support is not None:
-        _, support_prefixes = embed_images(embedder, support.images, device)
+        _, support_prefixes = embed_images(embedder, support.images, device, precision=precision)
     for name, split in splits.items():
         metrics = {"images": len(split.images), "captions": len(split.captions)}
-        image_emb, prefixes = embed_images(embedder, split.images, device)     # (N, C), (N, K, C)
+        image_emb, prefixes = embed_images(embedder, split.images, device,
+                                           precision=precision)                  # (N, C), (N, K, C)
         own_captions = [split.captions[j] for j in split.caption_index]
         if objective != "prefix":
             text_emb = tower(split.captions)                                    # (M, C)
-            text_emb = text_emb / text_emb.norm(dim=1, keepdim=True)
+            text_emb = F.normalize(text_emb, dim=1)
             metrics.update(retrieval_metrics((image_emb @ text_emb.T).cpu(), split.caption_index))
             if split.scenes is None and classes:
                 metrics.update(zeroshot_named_classes(image_emb, own_captions, classes, templates,
@@ -329,17 +332,27 @@ CAPTION_COLUMNS = [("exact", "caption_exact_match"), ("BLEU-4", "caption_bleu4")
 VQA_KINDS = ["colour", "shape", "count", "position", "letter", "background", "size", "exists"]
 
 
+def cell(value):
+    """A number, or a list of one number per seed: 'mean (min–max)'."""
+    if isinstance(value, list):
+        low, high = min(value), max(value)
+        return f"{sum(value) / len(value):.3f} ({low:.3f}–{high:.3f})" if high > low else f"{low:.3f}"
+    return f"{value:.3f}"
+
+
 def table(title, columns, rows):
-    """rows: [(label, {key: value})] -> a plain-text table of the columns present."""
+    """rows: [(label, {key: value or list of values})] -> a plain-text table of the columns present."""
     columns = [(name, key) for name, key in columns if any(key in values for _, values in rows)]
     rows = [(label, values) for label, values in rows if any(key in values for _, key in columns)]
     if not rows:
         return ""
-    cell = lambda values, key: f"{values[key]:>12.3f}" if key in values else f"{'-':>12}"
+    cells = [[cell(values[key]) if key in values else "-" for _, key in columns] for _, values in rows]
+    widths = [max(12, len(name) + 2, *(len(row[c]) + 2 for row in cells))
+              for c, (name, _) in enumerate(columns)]
     width = max(len(label) for label, _ in [(title, None), *rows]) + 2
-    lines = [f"{title:<{width}}" + "".join(f"{name:>12}" for name, _ in columns)]
-    lines += [f"{label:<{width}}" + "".join(cell(values, key) for _, key in columns)
-              for label, values in rows]
+    lines = [f"{title:<{width}}" + "".join(f"{name:>{w}}" for (name, _), w in zip(columns, widths))]
+    lines += [f"{label:<{width}}" + "".join(f"{text:>{w}}" for text, w in zip(row, widths))
+              for (label, _), row in zip(rows, cells)]
     return "\n".join(lines) + "\n"
 
 
@@ -358,21 +371,20 @@ def format_table(results):
     return text.rstrip("\n")
 
 
-# The columns of the ablation: (title, where in metrics.json, format). A key with * is the mean
+# The columns of the ablation: (title, where in metrics.json). A key with * is the mean
 # over the keys it matches (the zero-shot attributes, the VQA question kinds).
 COMPARE_COLUMNS = [
-    ("trainable", "run", "trainable_parameters", "{:,}"),
-    ("wall s", "run", "wall_seconds", "{:.0f}"),
-    ("img/s", "run", "align_images_per_s", "{:,.0f}"),
-    ("test i→t", "test", "image_to_text_R@1", "{:.3f}"),
-    ("test t→i", "test", "text_to_image_R@1", "{:.3f}"),
-    ("comp i→t", "compositional", "image_to_text_R@1", "{:.3f}"),
-    ("comp t→i", "compositional", "text_to_image_R@1", "{:.3f}"),
-    ("para i→t", "paraphrase", "image_to_text_R@1", "{:.3f}"),
-    ("zero-shot", "test", "zeroshot_*_acc", "{:.3f}"),
-    ("caption", "test", "caption_exact_match", "{:.3f}"),
-    ("VQA", "test", "vqa_describe_acc_*", "{:.3f}"),
-    ("VQA blind", "test", "vqa_blind_acc_*", "{:.3f}"),
+    ("test i→t", "test", "image_to_text_R@1"),
+    ("test t→i", "test", "text_to_image_R@1"),
+    ("comp i→t", "compositional", "image_to_text_R@1"),
+    ("comp t→i", "compositional", "text_to_image_R@1"),
+    ("para i→t", "paraphrase", "image_to_text_R@1"),
+    ("zero-shot", "test", "zeroshot_*_acc"),
+    ("caption", "test", "caption_exact_match"),
+    ("comp caption", "compositional", "caption_exact_match"),
+    ("VQA image", "test", "vqa_acc_*"),
+    ("VQA own cap.", "test", "vqa_describe_acc_*"),
+    ("VQA blind", "test", "vqa_blind_acc_*"),
 ]
 
 
@@ -387,27 +399,72 @@ def lookup(metrics, section, key):
     return sum(values) / len(values)
 
 
+def read_metrics(path):
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such metrics file") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not JSON ({error})") from None
+
+
+def flat(config, prefix=""):
+    """{"align": {"steps": 300}} -> {"align.steps": 300}."""
+    items = {}
+    for key, value in config.items():
+        items.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict)
+                     else {prefix + key: value})
+    return items
+
+
+def group_by_setting(runs):
+    """[(path, metrics)] -> {label: [metrics of runs that differ only in seed]}. The label names
+    what sets the group apart from the others: the settings (tower, objective, precision, any
+    flag) that are not the same in every run, e.g. 'text_tower=random, precision=bfloat16'."""
+    settings = [{**flat(m["run"].get("config", {})), "precision": m["run"].get("precision")}
+                for _, m in runs]
+    varying = sorted({key for s in settings for key in s
+                      if key not in ("seed", "device") and any(o.get(key) != s.get(key) for o in settings)})
+    groups = {}
+    for (path, metrics), s in zip(runs, settings):
+        label = ", ".join(f"{key.split('.')[-1]}={s.get(key)}" for key in varying) or "runs"
+        groups.setdefault(label, []).append(metrics)
+    return groups
+
+
+def merge_seeds(runs):
+    """Several runs' metrics -> {split: {key: [one value per run]}} for the keys all of them have."""
+    return {split: {key: [m[split][key] for m in runs] for key in runs[0][split]
+                    if isinstance(runs[0][split][key], (int, float))
+                    and all(isinstance(m.get(split, {}).get(key), (int, float)) for m in runs)}
+            for split in runs[0] if split != "run" and all(split in m for m in runs)}
+
+
 def compare(paths):
-    """metrics.json files written by train.py -> one row per run, the columns of the ablation."""
+    """metrics.json files written by train.py -> one row per setting, the columns of the ablation.
+
+    Runs that differ only in seed form one row: each cell is the mean (min–max) over them, and the
+    row says which seeds. When every run is of one setting, the full tables follow, likewise."""
+    runs = [(path, read_metrics(path)) for path in paths]
     rows = []
-    for path in paths:
-        try:
-            metrics = json.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ValueError(f"{path}: no such metrics file") from None
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not JSON ({error})") from None
-        cells = []
-        for _, section, key, form in COMPARE_COLUMNS:
+    for label, group in group_by_setting(runs).items():
+        seeds = sorted(m["run"].get("config", {}).get("seed", "?") for m in group)
+        values = {}
+        for title, section, key in COMPARE_COLUMNS:
             try:
-                cells.append(form.format(lookup(metrics, section, key)))
+                values[title] = [lookup(m, section, key) for m in group]
             except KeyError:  # a run without that head (e.g. --objective contrastive)
-                cells.append("-")
-        rows.append((metrics.get("run", {}).get("text_tower", Path(path).parent.name), cells))
-    width = max(len("run"), *(len(label) for label, _ in rows)) + 2
-    lines = [f"{'run':<{width}}" + "".join(f"{name:>11}" for name, *_ in COMPARE_COLUMNS)]
-    lines += [f"{label:<{width}}" + "".join(f"{cell:>11}" for cell in cells) for label, cells in rows]
-    return "\n".join(lines)
+                pass
+        rows.append((f"{label} (seeds {','.join(map(str, seeds))})", values))
+    columns = [(title, title) for title, _, _ in COMPARE_COLUMNS]
+    saturated = [title for title, _ in columns if len(rows) > 1 and
+                 all(title in values and min(values[title]) >= 0.99 for _, values in rows)]
+    text = table("run", [c for c in columns if c[0] not in saturated], rows)
+    if saturated:  # a column where every run is near perfect tells them apart in nothing
+        text += f"left out, >= 0.99 for every run: {', '.join(saturated)}\n"
+    if len(rows) == 1:
+        text += "\n" + format_table(merge_seeds([m for _, m in runs]))
+    return text.rstrip("\n")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -525,16 +582,16 @@ def draw_captions(split, generated, answers, path, count=6):
 
 
 @torch.no_grad()
-def draw_pictures(embedder, tower, split, history, objective, device, out):
+def draw_pictures(embedder, tower, split, history, objective, device, out, precision="auto"):
     """Write the run's pictures into `out`: curves.png; with a contrastive head retrieval.png and
     similarity.png; with a prefix head captions.png, whose questions are answered after the LM's
     own caption."""
-    image_emb, prefixes = embed_images(embedder, split.images, device)
+    image_emb, prefixes = embed_images(embedder, split.images, device, precision=precision)
     paths = [out / "curves.png"]
     draw_curves(history, paths[0])
     if objective != "prefix":
         text_emb = tower(split.captions)
-        similarity = (image_emb @ (text_emb / text_emb.norm(dim=1, keepdim=True)).T).cpu()  # (N, M)
+        similarity = (image_emb @ F.normalize(text_emb, dim=1).T).cpu()  # (N, M)
         paths += [out / "retrieval.png", out / "similarity.png"]
         draw_retrieval(split, similarity, paths[-2])
         n = min(24, len(split.images))
@@ -622,6 +679,8 @@ def main(argv=None):
     parser.add_argument("--sample-temperature", type=float, default=0.0,
                         help="captioning: 0 decodes greedily, above 0 samples (default: 0)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--precision", choices=["auto", *PRECISIONS], default="auto",
+                        help="what the embedder computes in (as train.py; default: auto)")
     data = add_data_flags(parser)
     data.add_argument("--classes", type=lambda text: [c.strip() for c in text.split(",") if c.strip()],
                       help="with --data: zero-shot classes, comma-separated (an image's class is "
@@ -655,11 +714,13 @@ def main(argv=None):
                          f"prefix to caption or answer with (train with prefix or both)")
     lm, tokenizer = tower.lm, tower.tokenizer
     if args.caption:
-        _, prefix = embed_images(embedder, load_image(args.caption, world_cfg.image_size)[None], device)
+        _, prefix = embed_images(embedder, load_image(args.caption, world_cfg.image_size)[None],
+                                 device, precision=args.precision)
         print(describe(lm, tokenizer, prefix, args.sample_temperature)[0])
         return
     if args.ask:
-        _, prefix = embed_images(embedder, load_image(args.ask[0], world_cfg.image_size)[None], device)
+        _, prefix = embed_images(embedder, load_image(args.ask[0], world_cfg.image_size)[None],
+                                 device, precision=args.precision)
         # Describe, then answer: the one setting that beats blind for every kind of question
         # (README, 'The visual prefix'). Half the context is left for the question and answer.
         said = describe(lm, tokenizer, prefix)
@@ -674,14 +735,16 @@ def main(argv=None):
         splits = {Path(args.data).stem: pairs_split(args.data, read_table(args, args.data),
                                                     world_cfg.image_size)}
         results = evaluate(embedder, tower, splits, None, device, objective, args.classes,
-                           args.templates)
+                           args.templates, args.precision)
     else:
         support = make_support_split(world_cfg, config["seed"])
         results = evaluate(embedder, tower, make_eval_splits(world_cfg, config["seed"]), support,
-                           device, objective)
+                           device, objective, precision=args.precision)
     print(format_table(results))
     if args.json:
-        save_json(results, args.json)
+        where = environment(device, args.precision)
+        save_json({**results, "run": {"config": config, "environment": where,
+                                      "precision": where["precision"]}}, args.json)
 
 
 if __name__ == "__main__":

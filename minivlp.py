@@ -18,6 +18,7 @@ import itertools
 import json
 import math
 import os
+import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,17 +88,39 @@ def resolve_device(name):
     return torch.device(name)
 
 
-def native_bf16(device):
-    """Whether the device computes in bf16 natively: CUDA's tensor cores, and CPUs with AVX512-BF16
-    instructions (where bf16 training steps take about half the float32 time: see speed.py).
-    Other CPUs would only emulate bf16, slower than float32."""
-    return device.type == "cuda" or getattr(torch.cpu, "_is_avx512_bf16_supported", bool)()
+PRECISIONS = {"float32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def autocast(device):
-    """bf16 autocast where native_bf16(device), float32 elsewhere. Under autocast, matmuls and
-    convolutions run in bf16 while losses, norms and softmax stay in float32."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=native_bf16(device))
+def compute_dtype(device, precision="auto"):
+    """--precision auto|float32|bf16|fp16 -> the dtype matmuls and convolutions run in.
+
+    auto takes bf16 only where the hardware computes it natively: CUDA GPUs with bf16 tensor cores
+    (Ampere and newer) and CPUs with AVX512-BF16 instructions. Older GPUs (T4, V100) have fp16
+    tensor cores but would only emulate bf16: auto takes fp16 there, trained with a gradient
+    scaler (gradient_scaler). Other CPUs would emulate bf16 too, slower than float32: float32."""
+    if precision != "auto":
+        return PRECISIONS[precision]
+    if device.type == "cuda":
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+        return torch.bfloat16 if native else torch.float16
+    native = getattr(torch.cpu, "_is_avx512_bf16_supported", bool)()
+    return torch.bfloat16 if native else torch.float32
+
+
+def autocast(device, precision="auto"):
+    """Autocast to compute_dtype(device, precision), off for float32. Under autocast, matmuls and
+    convolutions run in the lower precision while losses, norms and softmax stay in float32."""
+    dtype = compute_dtype(device, precision)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+
+def gradient_scaler(device, precision="auto"):
+    """fp16 keeps 5 exponent bits: small gradients would round to zero. The scaler multiplies the
+    loss before backward and divides the gradients after (skipping a step whose gradients
+    overflowed). bf16 has float32's exponent range and needs none: the scaler is then off and
+    each of its calls passes its argument through."""
+    return torch.amp.GradScaler(device.type,
+                                enabled=compute_dtype(device, precision) == torch.float16)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -587,16 +610,44 @@ class CausalSelfAttention(nn.Module):
         self.register_buffer("causal_mask", torch.ones(context, context).tril().bool(),
                              persistent=False)
 
-    def forward(self, x):
+    def forward(self, x, cache=None):
+        """x (B, T, C): T new positions. cache: a LayerCache holding the keys and values of the
+        positions read before them (generation), or None: then x is the whole row."""
         B, T, C = x.shape
         d = C // self.heads
         q, k, v = self.qkv(x).split(C, dim=2)                           # 3 x (B, T, C)
         q, k, v = (z.view(B, T, self.heads, d).transpose(1, 2) for z in (q, k, v))  # (B, h, T, d)
-        scores = q @ k.transpose(-2, -1) / math.sqrt(d)                 # (B,h,T,d) @ (B,h,d,T) -> (B,h,T,T)
-        scores = scores.masked_fill(~self.causal_mask[:T, :T], float("-inf"))
+        if cache is not None:
+            k, v = cache.extend(k, v)                                   # (B, h, past + T, d)
+        past = k.shape[2] - T                                           # positions read before x
+        scores = q @ k.transpose(-2, -1) / math.sqrt(d)                 # (B,h,T,d) @ (B,h,d,past+T)
+        # the new positions are rows past..past+T-1 of the row's causal mask
+        scores = scores.masked_fill(~self.causal_mask[past:past + T, :past + T], float("-inf"))
         weights = scores.softmax(dim=-1)                                # each row sums to 1 over the past
-        out = weights @ v                                               # (B,h,T,T) @ (B,h,T,d) -> (B,h,T,d)
+        out = weights @ v                                               # (B,h,T,past+T) @ (B,h,past+T,d)
         return self.proj(out.transpose(1, 2).reshape(B, T, C))          # (B, T, C)
+
+
+class LayerCache:
+    """The keys and values (B, h, T, d) of every position one attention layer has read.
+
+    Generation feeds the LM one new token at a time; without a cache each step would recompute
+    the keys and values of the whole row. The causal mask makes caching exact: a position's keys
+    and values depend only on the positions up to it, so a token appended later never changes
+    them."""
+
+    def __init__(self):
+        self.keys = self.values = None
+
+    def extend(self, k, v):
+        """Append the new positions' keys and values; return those of all positions so far."""
+        if self.keys is not None:
+            k, v = torch.cat([self.keys, k], dim=2), torch.cat([self.values, v], dim=2)
+        self.keys, self.values = k, v
+        return k, v
+
+    def __len__(self):
+        return 0 if self.keys is None else self.keys.shape[2]
 
 
 class Block(nn.Module):
@@ -609,8 +660,8 @@ class Block(nn.Module):
         self.ln_mlp = nn.LayerNorm(width)
         self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
 
-    def forward(self, x):
-        x = x + self.attention(self.ln_attention(x))
+    def forward(self, x, cache=None):
+        x = x + self.attention(self.ln_attention(x), cache)
         return x + self.mlp(self.ln_mlp(x))
 
 
@@ -634,19 +685,22 @@ class LanguageModel(nn.Module):
         if isinstance(module, nn.Linear):
             nn.init.zeros_(module.bias)
 
-    def forward(self, token_ids, prefix=None):
+    def forward(self, token_ids, prefix=None, cache=None):
         """(B, T) token ids -> (B, T, C) hidden states after the final LayerNorm.
 
         prefix: optional (B, K, C) embeddings placed ahead of the tokens' embeddings (the visual
-        prefix of Frozen); the output then covers all K + T positions, (B, K + T, C)."""
+        prefix of Frozen); the output then covers all K + T positions, (B, K + T, C).
+        cache: optional list of LayerCache, one a block (generate): the positions already read
+        are kept there, and token_ids continue the row after them."""
         x = self.token_emb(token_ids)                                   # (B, T, C)
         if prefix is not None:
             x = torch.cat([prefix.to(x.dtype), x], dim=1)               # (B, K + T, C)
+        past = len(cache[0]) if cache else 0                            # positions read before
         T = x.shape[1]
-        assert T <= self.context, f"{T} positions exceed the LM context of {self.context}"
-        x = x + self.pos_emb(torch.arange(T, device=x.device))          # (B, T, C) + (T, C)
-        for block in self.blocks:
-            x = block(x)
+        assert past + T <= self.context, f"{past + T} positions exceed the LM context of {self.context}"
+        x = x + self.pos_emb(torch.arange(past, past + T, device=x.device))  # (B, T, C) + (T, C)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cache[i] if cache else None)
         return self.ln_final(x)
 
     def logits(self, hidden):
@@ -696,7 +750,7 @@ def random_windows(stream, batch_size, context, generator):
 
 
 @torch.no_grad()
-def held_out_loss(lm, stream, context, device, batch_size=256):
+def held_out_loss(lm, stream, context, device, batch_size=256, precision="auto"):
     """Mean next-token cross-entropy over the held-out stream, cut into consecutive windows."""
     was_training = lm.training
     lm.eval()
@@ -706,7 +760,7 @@ def held_out_loss(lm, stream, context, device, batch_size=256):
     targets = stream[1:n * context + 1].view(n, context)
     total = 0.0
     for i in range(0, n, batch_size):
-        with autocast(device):
+        with autocast(device, precision):
             logits = lm.logits(lm(inputs[i:i + batch_size].to(device)))  # (B, context, V)
         total += F.cross_entropy(logits.float().flatten(0, 1),
                                  targets[i:i + batch_size].flatten().to(device), reduction="sum").item()
@@ -715,20 +769,22 @@ def held_out_loss(lm, stream, context, device, batch_size=256):
 
 
 def pretrain_lm(lm, train_stream, held_out_stream, cfg, device, seed, checkpoints=None,
-                compile=False):
+                compile=False, precision="auto"):
     """Next-token cross-entropy, AdamW, warmup + cosine decay, gradient clipping.
 
     Returns a history with the training loss per step and the held-out loss and perplexity.
     checkpoints (a Checkpoints) saves the loop's state as it goes, or resumes it. compile=True
-    runs the model through torch.compile (see data_parallel)."""
+    runs the model through torch.compile (see data_parallel); precision as in compute_dtype."""
     checkpoints = checkpoints or Checkpoints()
     rank, world = rank_and_world()
     lm.to(device).train()
     model = data_parallel(lm, device, compile=compile)
     optimizer = adamw(lm.parameters(), cfg.lr, cfg.weight_decay, device)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, cfg.steps))
+    scaler = gradient_scaler(device, precision)
     history = {"loss": []}
-    first_step = checkpoints.start("lm", cfg.steps, {"lm": lm}, optimizer, schedule, history)
+    first_step = checkpoints.start("lm", cfg.steps, {"lm": lm}, optimizer, schedule, history,
+                                   scaler)
     start = time.perf_counter()
     bar = tqdm(range(first_step, cfg.steps), desc="pretrain LM", dynamic_ncols=True,
                initial=first_step, total=cfg.steps, disable=rank > 0)
@@ -736,13 +792,15 @@ def pretrain_lm(lm, train_stream, held_out_stream, cfg, device, seed, checkpoint
         inputs, targets = random_windows(train_stream, cfg.batch_size // world, cfg.context,
                                          keyed_generator(seed, 1, step, rank))  # each rank its own
         inputs, targets = inputs.to(device), targets.to(device)
-        with autocast(device):
+        with autocast(device, precision):
             logits = lm.logits(model(inputs))                           # (B, T, V)
         loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)                                      # clip the true gradients
         nn.utils.clip_grad_norm_(lm.parameters(), cfg.grad_clip)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         schedule.step()
         logged = step % 20 == 0 or step == cfg.steps - 1
         if logged:
@@ -753,7 +811,8 @@ def pretrain_lm(lm, train_stream, held_out_stream, cfg, device, seed, checkpoint
         checkpoints.after_step(step, loss, logged)
     history["seconds"] = time.perf_counter() - start
     history["tokens_per_s"] = (cfg.steps - first_step) * cfg.batch_size * cfg.context / history["seconds"]
-    history["held_out_loss"] = held_out_loss(lm, held_out_stream, cfg.context, device)
+    history["held_out_loss"] = held_out_loss(lm, held_out_stream, cfg.context, device,
+                                             precision=precision)
     history["held_out_perplexity"] = math.exp(history["held_out_loss"])
     return history
 
@@ -832,10 +891,18 @@ def fit_whitening(features):
     Centring and whitening spread them out. The shrinkage eps = mean eigenvalue keeps directions
     of tiny variance (such as the leftover difference between 'red' and 'crimson') from being
     blown up. Computed once from training captions, then constant: part of the frozen text tower."""
+    if len(features) < 2:
+        raise ValueError(f"whitening needs the features of at least 2 distinct captions, got "
+                         f"{len(features)}")
+    if not torch.isfinite(features).all():
+        raise ValueError("whitening: the LM's text features are not finite (a diverged LM?)")
     mean = features.mean(0)                                             # (C,)
     covariance = torch.cov((features - mean).T.double())                # (C, C)
     eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
     eps = eigenvalues.clamp(min=0).mean()
+    if eps == 0:
+        raise ValueError("whitening: the captions' text features are all identical, so there is "
+                         "no direction to whiten")
     matrix = eigenvectors @ torch.diag((eigenvalues.clamp(min=0) + eps).rsqrt()) @ eigenvectors.T
     return mean, matrix.float()                                         # (C,), (C, C)
 
@@ -937,8 +1004,8 @@ def info_nce(image_emb, text_emb, temperature, symmetric=True, caption_ids=None,
     each process owns a slice of the global batch and sees every other process's rows as negatives.
     """
     rows = rows or slice(0, len(image_emb))
-    image_emb = image_emb / image_emb.norm(dim=1, keepdim=True)        # (B, C) unit vectors
-    text_emb = text_emb / text_emb.norm(dim=1, keepdim=True)           # (B, C)
+    image_emb = F.normalize(image_emb, dim=1)                          # (B, C) unit vectors
+    text_emb = F.normalize(text_emb, dim=1)                            # (B, C)
     positive = torch.arange(rows.start, rows.stop, device=image_emb.device)  # (b,) columns of i, i
     local = torch.arange(len(positive), device=image_emb.device)       # (b,)
     if caption_ids is not None:
@@ -1011,24 +1078,31 @@ def generate(lm, context_emb, prompt, max_new_tokens, sample_temperature=0.0, ge
 
     Greedy when sample_temperature is 0, else sampled from softmax(logits / sample_temperature).
     Returns (B, n) new ids, n = max_new_tokens or fewer where the LM's context runs out, or as
-    soon as every row holds stop_id (each step re-reads the whole row: there is no cache, so a
-    caption is not worth continuing past its end); callers cut each row at its first newline."""
+    soon as every row holds stop_id; callers cut each row at its first newline. The LM reads the
+    context and prompt once, then each new token once: a key-value cache (LayerCache) keeps what
+    it has read."""
     room = lm.context - context_emb.shape[1] - prompt.shape[1] + 1     # the last needs no forward
     if room < 1:
         raise ValueError(f"{context_emb.shape[1]} + {prompt.shape[1]} positions leave no room in "
                          f"the LM context of {lm.context}")
-    ids = prompt
-    for _ in range(min(max_new_tokens, room)):
-        logits = lm.logits(lm(ids, prefix=context_emb)[:, -1]).float() # (B, V): the next token
+    cache = [LayerCache() for _ in lm.blocks]
+    hidden = lm(prompt, prefix=context_emb, cache=cache)                # (B, P + T, C)
+    new_ids, stopped = [], torch.zeros(len(prompt), dtype=torch.bool, device=prompt.device)
+    n = min(max_new_tokens, room)
+    for step in range(n):
+        logits = lm.logits(hidden[:, -1]).float()                      # (B, V): the next token
         if sample_temperature == 0:
             next_id = logits.argmax(dim=-1)
         else:
             probabilities = (logits / sample_temperature).softmax(dim=-1)
             next_id = torch.multinomial(probabilities, 1, generator=generator).squeeze(1)
-        ids = torch.cat([ids, next_id[:, None]], dim=1)
-        if stop_id is not None and (ids[:, prompt.shape[1]:] == stop_id).any(dim=1).all():
+        new_ids.append(next_id)
+        if stop_id is not None:
+            stopped |= next_id == stop_id
+        if stopped.all() or step == n - 1:
             break
-    return ids[:, prompt.shape[1]:]
+        hidden = lm(next_id[:, None], cache=cache)                      # (B, 1, C): one position
+    return torch.stack(new_ids, dim=1)                                  # (B, n)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1156,7 +1230,7 @@ def image_batches(images, rows_of_step, steps, device, workers=2):
 
 
 def align(embedder, temperature, tower, images, caption_index, captions, cfg, objective, device,
-          seed, train_lm=False, checkpoints=None, compile=False):
+          seed, train_lm=False, checkpoints=None, compile=False, precision="auto"):
     """Train the embedder (and a learned τ) against the LM of the text tower.
 
     contrastive  InfoNCE between g(I_i) and t_i (§4.2)
@@ -1170,7 +1244,8 @@ def align(embedder, temperature, tower, images, caption_index, captions, cfg, ob
     (LiT's 'unlocked' tower, Frozen's 'fine-tuned'): the text embeddings are then recomputed every
     step, and the LM is frozen again at the end, for evaluation. checkpoints (a Checkpoints)
     saves the loop's state as it goes, or resumes it. Under torchrun each process takes
-    cfg.batch_size / W of each step's batch (batch_rows). compile=True compiles the embedder."""
+    cfg.batch_size / W of each step's batch (batch_rows). compile=True compiles the embedder;
+    precision as in compute_dtype."""
     assert objective in OBJECTIVES, objective
     checkpoints = checkpoints or Checkpoints()
     lm, tokenizer = tower.lm, tower.tokenizer
@@ -1191,13 +1266,15 @@ def align(embedder, temperature, tower, images, caption_index, captions, cfg, ob
         reread_ids, reread_weights = (t.to(device) for t in reread_tokens(tokenizer, captions,
                                                                           lm.context))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, cfg.steps))
+    scaler = gradient_scaler(device, precision)
     caption_index = caption_index.to(device)
     room = lm.context - 1 - embedder.prefix_shape[0]                   # after <bos> and the prefix
     tokens = caption_tokens(tokenizer, captions, room).to(device)
     history = {"loss": [], "temperature": [], "batch_R@1": []}
     modules = {"embedder": embedder, "temperature": temperature, **({"lm": lm} if train_lm else {})}
     outside_ddp = list(temperature.parameters()) + (list(lm.parameters()) if train_lm else [])
-    first_step = checkpoints.start("align", cfg.steps, modules, optimizer, schedule, history)
+    first_step = checkpoints.start("align", cfg.steps, modules, optimizer, schedule, history,
+                                   scaler)
     steps = range(first_step, cfg.steps)
     batches = image_batches(images, lambda step: batch_rows(len(images), cfg.batch_size, seed,
                                                             step, rank, world), steps, device)
@@ -1207,7 +1284,7 @@ def align(embedder, temperature, tower, images, caption_index, captions, cfg, ob
     for step, (batch, batch_images) in zip(bar, batches):
         caption_ids = caption_index[batch]                              # (B,)
         loss = 0.0
-        with autocast(device):
+        with autocast(device, precision):
             image_emb, prefix = model(batch_images)                     # (B, C), (B, K, C)
             if objective != "contrastive":
                 loss = prefix_loss(lm, tokenizer, prefix, tokens[caption_ids])
@@ -1219,9 +1296,10 @@ def align(embedder, temperature, tower, images, caption_index, captions, cfg, ob
             loss = loss + global_info_nce(image_emb.float(), text_batch.float(), temperature(),
                                           caption_ids)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
         average_gradients(outside_ddp)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         temperature.clamp_()
         schedule.step()
         logged = step % 20 == 0 or step == cfg.steps - 1  # .item() waits for the device: log sparsely
@@ -1249,17 +1327,17 @@ def align(embedder, temperature, tower, images, caption_index, captions, cfg, ob
 # ------------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def embed_images(embedder, images, device, batch_size=1024):
+def embed_images(embedder, images, device, batch_size=1024, precision="auto"):
     """(N, 3, H, W) uint8 -> (N, C) unit-length image embeddings and (N, K, C) prefixes."""
     embedder.eval()
     image_emb, prefixes = [], []
     for i in range(0, len(images), batch_size):
-        with autocast(device):
+        with autocast(device, precision):
             emb, prefix = embedder(images[i:i + batch_size].to(device))
         image_emb.append(emb.float())
         prefixes.append(prefix.float())
     image_emb = torch.cat(image_emb)
-    return image_emb / image_emb.norm(dim=1, keepdim=True), torch.cat(prefixes)
+    return F.normalize(image_emb, dim=1), torch.cat(prefixes)
 
 
 def retrieval_metrics(similarity, caption_index, ks=(1, 5, 10)):
@@ -1267,8 +1345,14 @@ def retrieval_metrics(similarity, caption_index, ks=(1, 5, 10)):
 
     A hit is the right caption *text*: images that share a caption all count as right answers for
     it. Image -> text: the rank of the image's caption among the M captions. Text -> image: the rank
-    of the best-placed image of that caption among the N images. Ranks start at 1; ties are
-    resolved in the model's favour (only strictly higher scores push a right answer down)."""
+    of the best-placed image of that caption among the N images. Ranks start at 1, and ties count
+    against the model: rank = 1 + the number of wrong candidates scoring at least as high as the
+    best right one. (Counting only strictly higher scores would give an embedder that maps every
+    image to one vector a perfect text -> image score.) A non-finite similarity is a ValueError:
+    NaN compares false with everything, so it would rank every answer first."""
+    if not torch.isfinite(similarity).all():
+        raise ValueError(f"retrieval: {(~torch.isfinite(similarity)).sum().item()} of the "
+                         f"{similarity.numel()} similarities are not finite (NaN or inf embeddings)")
     N, M = similarity.shape
     correct = torch.zeros(N, M, dtype=torch.bool)
     correct[torch.arange(N), caption_index] = True
@@ -1276,7 +1360,7 @@ def retrieval_metrics(similarity, caption_index, ks=(1, 5, 10)):
     for direction, scores, right in (("image_to_text", similarity, correct),
                                      ("text_to_image", similarity.T, correct.T)):
         best_right = scores.masked_fill(~right, float("-inf")).max(dim=1, keepdim=True).values
-        ranks = ((scores > best_right) & ~right).sum(dim=1).float() + 1  # (rows,)
+        ranks = ((scores >= best_right) & ~right).sum(dim=1).float() + 1  # (rows,)
         for k in ks:
             metrics[f"{direction}_R@{k}"] = (ranks <= k).float().mean().item()
         metrics[f"{direction}_mean_rank"] = ranks.mean().item()
@@ -1306,14 +1390,14 @@ def zeroshot_accuracy(image_emb, scenes, embed_texts):
     world = WORLDS["glyphs" if isinstance(scenes[0], Glyph) else "shapes"]
     prompt_scenes = [scene for scene in world["all"]() if zeroshot_attributes(scene)]
     prompts = embed_texts([caption(scene) for scene in prompt_scenes])  # (350 or 1,008, C)
-    prompts = prompts / prompts.norm(dim=1, keepdim=True)
+    prompts = F.normalize(prompts, dim=1)
     metrics = {}
     for name in zeroshot_attributes(prompt_scenes[0]):
         value_of = lambda scene: zeroshot_attributes(scene)[name]
         values = sorted({value_of(scene) for scene in prompt_scenes})
         classes = torch.stack([prompts[[value_of(sc) == v for sc in prompt_scenes]].mean(0)
                                for v in values])                       # (classes, C)
-        classes = classes / classes.norm(dim=1, keepdim=True)
+        classes = F.normalize(classes, dim=1)
         predicted = (image_emb[scored] @ classes.T).argmax(dim=1)
         truth = torch.tensor([values.index(value_of(scenes[i])) for i in scored])
         metrics[f"zeroshot_{name}_acc"] = (predicted.cpu() == truth).float().mean().item()
@@ -1374,10 +1458,11 @@ class Checkpoints:
         self.in_loop = False
         self.saved = None                    # (stage, step) of the last state written
 
-    def start(self, stage, total_steps, modules, optimizer, schedule, history):
+    def start(self, stage, total_steps, modules, optimizer, schedule, history, scaler):
         """Register a loop's state; when resuming this stage, load it. Returns the first step."""
         self.stage, self.total_steps, self.modules = stage, total_steps, modules
         self.optimizer, self.schedule, self.history = optimizer, schedule, history
+        self.scaler = scaler
         self.in_loop = True
         state = self.resume_state
         if state is None or state["stage"] != stage:
@@ -1386,6 +1471,7 @@ class Checkpoints:
             module.load_state_dict(state["modules"][name])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
+        scaler.load_state_dict(state["scaler"])
         history.update(state["history"])
         self.saved = (stage, state["step"])
         return state["step"] + 1
@@ -1414,9 +1500,26 @@ class Checkpoints:
                          "modules": {name: m.state_dict() for name, m in self.modules.items()},
                          "optimizer": self.optimizer.state_dict(),
                          "schedule": self.schedule.state_dict(),
+                         "scaler": self.scaler.state_dict(),
                          "history": self.history},
                         self.path)
         self.saved = (self.stage, step)
+
+
+def environment(device, precision="auto"):
+    """Where a run's numbers come from, saved beside them: the precision it computed in, the
+    thread count, the torch version and the processor (rounding and threads move the results)."""
+    if device.type == "cuda":
+        processor = torch.cuda.get_device_name(device)
+    else:
+        cpuinfo = Path("/proc/cpuinfo")
+        names = [line.split(":", 1)[1].strip() for line in
+                 (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
+                 if line.startswith("model name")]
+        processor = names[0] if names else platform.processor() or platform.machine()
+    return {"precision": str(compute_dtype(device, precision)).removeprefix("torch."),
+            "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "processor": processor}
 
 
 def save_json(data, path):

@@ -1,6 +1,8 @@
 """Train minivlp end to end: tokenizer and LM pretraining, freezing, alignment, evaluation.
 
     python train.py                        # every stage on the built-in shapes world
+    python train.py --seeds 0,1,2          # one run a seed (OUT/seed0, ...), then mean (min–max)
+    python train.py --precision float32    # float32 everywhere (auto: bf16 where it is native)
     python train.py --stage lm             # only the tokenizer and the LM (writes OUT/lm.pt)
     python train.py --text-tower random    # the LM frozen at random initialisation, to compare
     python train.py --dataset glyphs       # the second toy world: coloured letters
@@ -15,6 +17,7 @@ and OUT/train_state.pt (the state to resume from) as it goes. Every file is writ
 """
 
 import argparse
+import hashlib
 import math
 import os
 import signal
@@ -27,14 +30,14 @@ import torch
 import torch.distributed as dist
 from PIL import Image
 
-from eval import (Parser, add_data_flags, draw_pictures, evaluate, format_table, load_lm,
+from eval import (Parser, add_data_flags, compare, draw_pictures, evaluate, format_table, load_lm,
                   read_table)
-from minivlp import (OBJECTIVES, AlignConfig, Checkpoints, LMConfig, LanguageModel, Temperature,
-                     TextTower, TrainingStopped, VisualEmbedder, WorldConfig, align, encode_corpus,
-                     fit_whitening, freeze, held_out_loss, hold_out, load_checkpoint, make_corpus,
-                     make_support_split, make_world, pairs_split, pretrain_lm, rank_and_world,
-                     read_text, resolve_device, save_checkpoint, save_json, text_features,
-                     WORLDS)
+from minivlp import (OBJECTIVES, PRECISIONS, AlignConfig, Checkpoints, LMConfig, LanguageModel,
+                     Temperature, TextTower, TrainingStopped, VisualEmbedder, WorldConfig, align,
+                     compute_dtype, encode_corpus, environment, fit_whitening, freeze,
+                     held_out_loss, hold_out, load_checkpoint, make_corpus, make_support_split,
+                     make_world, pairs_split, pretrain_lm, rank_and_world, read_text,
+                     resolve_device, save_checkpoint, save_json, text_features, WORLDS)
 from tokenizer import Tokenizer
 
 # Each config dataclass becomes a group of flags; LM fields carry the prefix --lm- so that
@@ -62,6 +65,14 @@ def number(kind, may_be_zero):
     return parse
 
 
+def seed_list(text):
+    """--seeds 0,1,2 -> [0, 1, 2]: distinct non-negative integers."""
+    seeds = [number(int, True)(part) for part in text.split(",")]
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"expected distinct seeds, got {text}")
+    return seeds
+
+
 def build_parser():
     parser = Parser(prog="train.py", description=__doc__.split("\n")[0])
     parser.add_argument("--stage", choices=["all", "lm"], default="all",
@@ -78,6 +89,14 @@ def build_parser():
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="auto picks CUDA when present (default: %(default)s)")
     parser.add_argument("--seed", type=number(int, True), default=0, help="(default: %(default)s)")
+    parser.add_argument("--seeds", type=seed_list,
+                        help="several seeds, e.g. 0,1,2: one run each in OUT/seed<N>, then every "
+                             "metric as mean (min–max) over them")
+    parser.add_argument("--precision", choices=["auto", *PRECISIONS], default="auto",
+                        help="what matmuls and convolutions compute in. auto: bf16 where the "
+                             "hardware has it natively (Ampere+ GPUs, CPUs with AVX512-BF16), fp16 "
+                             "with a gradient scaler on older GPUs, float32 elsewhere "
+                             "(default: %(default)s)")
     parser.add_argument("--compile", action="store_true",
                         help="run the LM and the embedder through torch.compile while they train "
                              "(compiling takes a while first; on the CPU measured it was slower: "
@@ -129,6 +148,9 @@ def parse_configs(argv):
     if args.lm and args.text_tower not in PRETRAINED:
         parser.error(f"--lm gives a pretrained LM, but --text-tower {args.text_tower} starts "
                      f"from a random one")
+    if args.seeds and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        parser.error("--seeds runs one seed after another in one process: under torchrun give "
+                     "--seed, one launch a seed")
     for flag in ("val_data", "stream"):
         if getattr(args, flag) and not args.data:
             parser.error(f"--{flag.replace('_', '-')} needs --data (the built-in world is made "
@@ -221,7 +243,8 @@ def warn_if_truncated(tokenizer, splits, lm_cfg, prefix_tokens):
               file=sys.stderr)
 
 
-def pretrain_stage(lm_cfg, documents, tokenizer, text_tower, device, seed, checkpoints, compile):
+def pretrain_stage(lm_cfg, documents, tokenizer, text_tower, device, seed, checkpoints, compile,
+                   precision):
     """§3.2 step 1: the LM on the text-only corpus, then freeze it."""
     held_out = max(1, len(documents) // 20)  # 5% of documents for held-out loss and perplexity
     train_stream = encode_corpus(tokenizer, documents[held_out:])
@@ -233,12 +256,13 @@ def pretrain_stage(lm_cfg, documents, tokenizer, text_tower, device, seed, check
     lm = LanguageModel(lm_cfg).to(device)
     if text_tower in PRETRAINED:
         history = pretrain_lm(lm, train_stream, held_out_stream, lm_cfg, device, seed, checkpoints,
-                              compile)
+                              compile, precision)
         print(f"LM: {lm_cfg.steps} steps in {history['seconds']:.1f} s, "
               f"{history['tokens_per_s']:,.0f} tokens/s, held-out loss {history['held_out_loss']:.3f} "
               f"(perplexity {history['held_out_perplexity']:.2f})")
     else:
-        history = {"held_out_loss": held_out_loss(lm, held_out_stream, lm_cfg.context, device)}
+        history = {"held_out_loss": held_out_loss(lm, held_out_stream, lm_cfg.context, device,
+                                                  precision=precision)}
         print(f"LM left at random initialisation: held-out loss {history['held_out_loss']:.3f}")
     return freeze(lm), history
 
@@ -254,7 +278,7 @@ def read_lm(path, device):
 
 
 def align_stage(tokenizer, lm, train, world_cfg, lm_cfg, align_cfg, objective, text_tower, device,
-                seed, checkpoints, compile):
+                seed, checkpoints, compile, precision):
     """§3.2 steps 2-3: the text tower (LM + fixed whitening), then train the embedder."""
     mean, matrix = fit_whitening(text_features(lm, tokenizer, train.captions, device))
     tower = TextTower(lm, tokenizer, mean, matrix, device)
@@ -263,7 +287,8 @@ def align_stage(tokenizer, lm, train, world_cfg, lm_cfg, align_cfg, objective, t
     temperature = Temperature(align_cfg.temperature, align_cfg.learn_temperature)
     history = align(embedder, temperature, tower, train.images, train.caption_index,
                     train.captions, align_cfg, objective, device, seed,
-                    train_lm=text_tower in LEARNING, checkpoints=checkpoints, compile=compile)
+                    train_lm=text_tower in LEARNING, checkpoints=checkpoints, compile=compile,
+                    precision=precision)
     print(f"alignment: {align_cfg.steps} steps in {history['seconds']:.1f} s, "
           f"{history['images_per_s']:,.0f} images/s, final τ {temperature().item():.4f}")
     return tower, embedder, temperature, history
@@ -275,6 +300,10 @@ def resume_state(path, run_config):
     if "stage" not in state:
         raise ValueError(f"{path}: not a training state (train.py writes train_state.pt)")
     saved, now = flatten(state["config"]), flatten(run_config)
+    if saved.get("data_fingerprint") != now["data_fingerprint"]:
+        raise ValueError(f"--resume: the training data or text changed since {path} was written "
+                         f"(fingerprint {saved.get('data_fingerprint')}, now "
+                         f"{now['data_fingerprint']}): start a new run")
     for key in sorted(saved.keys() | now.keys()):
         if key != "device" and saved.get(key) != now.get(key):
             raise ValueError(f"--resume: {path} was written with {key} = {saved.get(key)!r}, "
@@ -292,6 +321,30 @@ def flatten(config, prefix=""):
     return items
 
 
+def fingerprint(train, documents):
+    """A short hash of the training pairs and the LM's text, saved with the run, so that --resume
+    refuses to continue on data that changed. Images in memory are hashed whole (a few hundred
+    MB a second); streamed images by path, size and modification time, without reading them."""
+    digest = hashlib.sha256()
+    for text in [*documents, *train.captions]:
+        digest.update(text.encode("utf-8") + b"\0")
+    digest.update(train.caption_index.numpy().tobytes())
+    if isinstance(train.images, torch.Tensor):
+        digest.update(train.images.numpy().tobytes())
+    else:
+        for _, image_path, _ in train.images.rows:
+            status = image_path.stat()
+            digest.update(f"{image_path}:{status.st_size}:{status.st_mtime_ns}".encode("utf-8"))
+    return digest.hexdigest()[:16]
+
+
+def check_prefix_room(prefix_tokens, context):
+    """Captioning reads '<bos> [K prefix] \n caption \n': the caption needs some room."""
+    if prefix_tokens > context - 8:
+        raise ValueError(f"--prefix-tokens {prefix_tokens}: leaves too little of the LM context "
+                         f"of {context} for a caption (give at most {context - 8})")
+
+
 def save_examples(split, out, count=4):
     """A few held-out images as PNG files, to try `eval.py --caption` and `--ask` on."""
     paths = []
@@ -303,8 +356,23 @@ def save_examples(split, out, count=4):
 
 
 def main(argv=None):
-    start = time.perf_counter()
     args, configs = parse_configs(argv)
+    asked_vocab = any(a.split("=")[0] == "--lm-vocab-size"
+                      for a in (sys.argv[1:] if argv is None else argv))
+    if not args.seeds:
+        return run(args, configs, asked_vocab)
+    paths = []
+    for seed in args.seeds:  # one run a seed, each in its own folder, then the table over them
+        out = Path(args.out) / f"seed{seed}"
+        run(argparse.Namespace(**{**vars(args), "seed": seed, "out": str(out)}), configs,
+            asked_vocab)
+        paths.append(out / "metrics.json")
+    print(f"\nseeds {args.seeds}: mean (min–max)\n{compare(paths)}")
+
+
+def run(args, configs, asked_vocab):
+    """One run: every stage for one seed, its files in args.out."""
+    start = time.perf_counter()
     world_cfg, lm_cfg, align_cfg = configs["world"], configs["lm"], configs["align"]
     device = join_processes(args.device)
     rank, world = rank_and_world()
@@ -321,21 +389,23 @@ def main(argv=None):
     documents, source = read_corpus(args, world_cfg, data, args.seed)
     if args.lm:
         tokenizer, lm, lm_cfg, lm_history = read_lm(args.lm, device)
-        configs["lm"] = lm_cfg
     else:
-        tokenizer = train_tokenizer(documents, source, lm_cfg.vocab_size,
-                                    asked=any(a.split("=")[0] == "--lm-vocab-size"
-                                              for a in (sys.argv[1:] if argv is None else argv)))
-        configs["lm"] = lm_cfg = replace(lm_cfg, vocab_size=tokenizer.vocab_size)
+        tokenizer = train_tokenizer(documents, source, lm_cfg.vocab_size, asked_vocab)
+        lm_cfg = replace(lm_cfg, vocab_size=tokenizer.vocab_size)
+    check_prefix_room(align_cfg.prefix_tokens, lm_cfg.context)
+    precision = str(compute_dtype(device, args.precision)).removeprefix("torch.")
     run_config = {"seed": args.seed, "text_tower": args.text_tower, "objective": args.objective,
-                  "data": args.data, "val_data": args.val_data, "text": args.text, "lm": args.lm,
-                  "device": str(device),
-                  **{group: asdict(config) for group, config in configs.items()}}
+                  "precision": precision, "data": args.data, "val_data": args.val_data,
+                  "text": args.text, "lm": args.lm, "device": str(device),
+                  "data_fingerprint": fingerprint(data["train"], documents),
+                  **{group: asdict(config) for group, config in {**configs, "lm": lm_cfg}.items()}}
     saved = resume_state(state_path, run_config) if args.resume else None
     warn_if_truncated(tokenizer, data, lm_cfg, align_cfg.prefix_tokens)
     print("config:", run_config, f"({world} processes)" if world > 1 else "")
+    where = environment(device, args.precision)
+    print("environment:", where)
     if rank == 0:
-        save_json(run_config, out / "config.json")
+        save_json({**run_config, "environment": where}, out / "config.json")
     # Under torchrun every process holds the same weights and optimizer state: rank 0 saves them.
     checkpoints = Checkpoints(state_path if rank == 0 else None, args.checkpoint_every, saved,
                               extra={"config": run_config, "tokenizer": tokenizer.to_dict()})
@@ -346,7 +416,7 @@ def main(argv=None):
         tokenizer, lm, _, lm_history = read_lm(out / "lm.pt", device)
     elif not args.lm:
         lm, lm_history = pretrain_stage(lm_cfg, documents, tokenizer, args.text_tower, device,
-                                        args.seed, checkpoints, args.compile)
+                                        args.seed, checkpoints, args.compile, args.precision)
     checkpoint = {"config": run_config, "tokenizer": tokenizer.to_dict(), "lm": lm.state_dict(),
                   "history": {"lm": lm_history}}
     if rank == 0:
@@ -357,7 +427,7 @@ def main(argv=None):
 
     tower, embedder, temperature, align_history = align_stage(
         tokenizer, lm, data["train"], world_cfg, lm_cfg, align_cfg, args.objective,
-        args.text_tower, device, args.seed, checkpoints, args.compile)
+        args.text_tower, device, args.seed, checkpoints, args.compile, args.precision)
     checkpoint.update(lm=lm.state_dict(),  # unchanged for a frozen tower, trained otherwise
                       embedder=embedder.state_dict(), temperature=temperature().item(),
                       whitening_mean=tower.mean.cpu(), whitening_matrix=tower.matrix.cpu(),
@@ -368,19 +438,26 @@ def main(argv=None):
 
     held_out = {name: split for name, split in data.items() if name != "train"}
     support = None if args.data else make_support_split(world_cfg, args.seed)
-    metrics = evaluate(embedder, tower, held_out, support, device, args.objective)
+    evaluation_start = time.perf_counter()
+    metrics = evaluate(embedder, tower, held_out, support, device, args.objective,
+                       precision=args.precision)
     trainable = sum(p.numel() for p in embedder.parameters()) + int(align_cfg.learn_temperature)
     if args.text_tower in LEARNING:
         trainable += sum(p.numel() for p in lm.parameters())
     metrics["run"] = {"text_tower": args.text_tower, "objective": args.objective,
-                      "device": str(device), "wall_seconds": time.perf_counter() - start,
+                      "precision": precision, "config": run_config, "environment": where,
+                      "wall_seconds": time.perf_counter() - start,
+                      "lm_seconds": lm_history.get("seconds"),
+                      "lm_tokens_per_s": lm_history.get("tokens_per_s"),
+                      "align_seconds": align_history["seconds"],
                       "align_images_per_s": align_history["images_per_s"],
+                      "evaluation_seconds": time.perf_counter() - evaluation_start,
                       "trainable_parameters": trainable}
     save_json(metrics, out / "metrics.json")
     print(format_table(metrics))
     shown = data["val"] if args.data else data["test"]
     pictures = draw_pictures(embedder, tower, shown, {"lm": lm_history, "align": align_history},
-                             args.objective, device, out)
+                             args.objective, device, out, args.precision)
     print(f"wrote {out / 'minivlp.pt'}, {out / 'metrics.json'}, pictures "
           f"({', '.join(path.name for path in pictures)}) and example images:")
     print("\n".join(save_examples(shown, out)))
