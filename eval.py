@@ -721,8 +721,8 @@ def main(argv=None):
     if args.ask:
         _, prefix = embed_images(embedder, load_image(args.ask[0], world_cfg.image_size)[None],
                                  device, precision=args.precision)
-        # Describe, then answer: the one setting that beats blind for every kind of question
-        # (README, 'The visual prefix'). Half the context is left for the question and answer.
+        # Describe, then answer: the setting that answers best (tutorials/results.md). Half the
+        # context is left for the question and answer.
         said = describe(lm, tokenizer, prefix)
         context_emb = after_own_caption(lm, tokenizer, prefix, said, lm.context // 2)[0]  # (P, C)
         print(said[0])

@@ -10,7 +10,7 @@
     python train.py --data big.tsv --stream                # images read from disk as it trains
     python train.py ... --resume           # continue an interrupted run from OUT/train_state.pt
     torchrun --nproc_per_node=4 train.py   # data parallel over 4 processes (GPUs, or CPUs)
-    python eval.py --compare out/*/metrics.json   # runs side by side (see the README's table)
+    python eval.py --compare out/*/metrics.json   # runs side by side, seeds as mean (min–max)
 
 Writes OUT/lm.pt, OUT/minivlp.pt (everything eval.py needs), OUT/config.json, OUT/metrics.json,
 and OUT/train_state.pt (the state to resume from) as it goes. Every file is written atomically.
@@ -99,8 +99,7 @@ def build_parser():
                              "(default: %(default)s)")
     parser.add_argument("--compile", action="store_true",
                         help="run the LM and the embedder through torch.compile while they train "
-                             "(compiling takes a while first; on the CPU measured it was slower: "
-                             "see the README's speed section)")
+                             "(compiling takes a while first; whether it pays: tutorials/speed.md)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the interrupted run in --out from its train_state.pt "
                              "(give the same flags as the run)")

@@ -1,5 +1,5 @@
 """Real scans as "your own data": 1,797 handwritten digits, written out as PNG files, TSV tables
-in open_clip's layout, and a text corpus, for the README's custom-data benchmark.
+in open_clip's layout, and a text corpus: the your-own-data benchmark of tutorials/results.md.
 
     python tests/benchmarks/digits.py --out data/digits
     python train.py --data data/digits/train.tsv --val-data data/digits/val.tsv \
