@@ -32,9 +32,8 @@ def write_dataset(folder, n_images=60):
         Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(folder / "images" / f"{i}.png")
         lines.append(f"images/{i}.png\ta photo of something {name}")
     (folder / "pairs.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    (folder / "corpus.txt").write_text(
-        "".join(f"a photo of something {c}. {c} is a colour.\n" for c in COLOURS for _ in range(40)),
-        encoding="utf-8")
+    corpus = "".join(f"a photo of something {c}. {c} is a colour.\n" * 40 for c in COLOURS)
+    (folder / "corpus.txt").write_text(corpus, encoding="utf-8")
     return folder / "pairs.tsv"
 
 
@@ -92,7 +91,7 @@ def test_without_text_the_captions_are_the_corpus_and_the_vocabulary_fits_them(d
 def test_any_image_mode_becomes_rgb(tmp_path, mode, pixel, expected):
     path = tmp_path / f"image.{'tiff' if mode in ('CMYK', 'I;16') else 'png'}"
     Image.new(mode, (20, 12), pixel).save(path)
-    image = minivlp.load_image(path, 8)                                 # (3, 8, 8): short side 12 -> 8
+    image = minivlp.load_image(path, 8)                  # (3, 8, 8): the short side 12 -> 8
     assert image.shape == (3, 8, 8) and image.dtype == torch.uint8
     assert tuple(image[:, 4, 4].tolist()) == expected
 
@@ -133,7 +132,8 @@ def bad_files(folder):
         ("data is a folder", ["--data", str(folder)], str(folder)),
         ("missing column", ["--data", table("cols.tsv", "path\ttitle\nimages/0.png\tred\n")],
          "'filepath'"),
-        ("empty caption", ["--data", table("empty.tsv", header + f"{good.parent}/images/0.png\t \n")],
+        ("empty caption",
+         ["--data", table("empty.tsv", header + f"{good.parent}/images/0.png\t \n")],
          "empty.tsv, line 2"),
         ("image missing", ["--data", table("gone.tsv", header + "nowhere.png\ta red thing\n" * 2)],
          "gone.tsv, line 2"),

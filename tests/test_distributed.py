@@ -29,7 +29,8 @@ def models():
 
 def gradients(embedder, temperature):
     return {"temperature": temperature.log_tau.grad.clone(),
-            **{name: p.grad.clone() for name, p in embedder.named_parameters() if p.grad is not None}}
+            **{name: p.grad.clone() for name, p in embedder.named_parameters()
+               if p.grad is not None}}
 
 
 def one_process():

@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minivlp import COLOURS, POSITIONS, SHAPES, SIZES, Scene, caption, retrieval_metrics, zeroshot_accuracy
+from minivlp import (COLOURS, POSITIONS, SHAPES, SIZES, Scene, caption, retrieval_metrics,
+                     zeroshot_accuracy)
 
 
 def brute_force_ranks(similarity, caption_index):
@@ -24,7 +25,8 @@ def brute_force_ranks(similarity, caption_index):
     for j in range(M):
         right = [i for i in range(N) if caption_index[i] == j]
         best = max(similarity[i][j] for i in right)
-        text_ranks.append(1 + sum(1 for i in range(N) if i not in right and similarity[i][j] >= best))
+        text_ranks.append(1 + sum(1 for i in range(N)
+                                  if i not in right and similarity[i][j] >= best))
     return image_ranks, text_ranks
 
 
@@ -45,7 +47,8 @@ def test_ranks_worked_by_hand_with_ties_and_a_shared_caption():
                                [0.5, 0.3, 0.3],
                                [0.6, 0.6, 0.6]])
     caption_index = torch.tensor([0, 1, 0, 2])
-    assert brute_force_ranks(similarity.tolist(), caption_index.tolist()) == ([2, 1, 1, 3], [2, 1, 2])
+    image_ranks, text_ranks = brute_force_ranks(similarity.tolist(), caption_index.tolist())
+    assert image_ranks == [2, 1, 1, 3] and text_ranks == [2, 1, 2]
     metrics = retrieval_metrics(similarity, caption_index, ks=(1, 2, 3))
     assert metrics["image_to_text_R@1"] == 2 / 4
     assert metrics["image_to_text_R@2"] == 3 / 4
@@ -65,8 +68,9 @@ def test_recall_matches_the_count_by_the_rule_on_scores_full_of_ties():
     image_ranks, text_ranks = brute_force_ranks(similarity.tolist(), caption_index.tolist())
     metrics = retrieval_metrics(similarity, caption_index)
     for k in (1, 5, 10):
-        assert metrics[f"image_to_text_R@{k}"] == pytest.approx(sum(r <= k for r in image_ranks) / 40)
-        assert metrics[f"text_to_image_R@{k}"] == pytest.approx(sum(r <= k for r in text_ranks) / 12)
+        image_hits, text_hits = sum(r <= k for r in image_ranks), sum(r <= k for r in text_ranks)
+        assert metrics[f"image_to_text_R@{k}"] == pytest.approx(image_hits / 40)
+        assert metrics[f"text_to_image_R@{k}"] == pytest.approx(text_hits / 12)
     assert metrics["image_to_text_mean_rank"] == pytest.approx(sum(image_ranks) / 40)
     assert metrics["text_to_image_mean_rank"] == pytest.approx(sum(text_ranks) / 12)
 
@@ -135,7 +139,8 @@ def test_zeroshot_is_perfect_when_image_embeddings_are_their_captions_embeddings
     def code(scene):
         (colour, shape), = scene.objects
         vector = torch.zeros(19)
-        for offset, options, value in zip(offsets, values, (colour, shape, scene.size, scene.where)):
+        own = (colour, shape, scene.size, scene.where)
+        for offset, options, value in zip(offsets, values, own):
             vector[offset + options.index(value)] = 1
         return vector
 
@@ -147,10 +152,11 @@ def test_zeroshot_is_perfect_when_image_embeddings_are_their_captions_embeddings
                     scene = Scene(((c, s),), size, where)
                     lookup[caption(scene)] = code(scene)
     embed_texts = lambda texts: torch.stack([lookup[text] for text in texts])
-    scenes = [Scene((("red", "cross"),), "small", "top"), Scene((("blue", "circle"),), "large", "left"),
+    scenes = [Scene((("red", "cross"),), "small", "top"),
+              Scene((("blue", "circle"),), "large", "left"),
               Scene((("red", "cross"), ("blue", "circle")), "", "above")]  # two objects: skipped
     image_emb = torch.stack([code(scenes[0]), code(scenes[1]), torch.zeros(19)])
-    image_emb = image_emb / image_emb.norm(dim=1, keepdim=True).clamp(min=1e-9)
+    image_emb = F.normalize(image_emb, dim=1)                           # the zero row stays zero
     metrics = zeroshot_accuracy(image_emb, scenes, embed_texts)
     assert metrics == {"zeroshot_colour_acc": 1.0, "zeroshot_shape_acc": 1.0,
                        "zeroshot_size_acc": 1.0, "zeroshot_position_acc": 1.0}

@@ -1,4 +1,5 @@
-"""Tests for tokenizer.py. Expected values come from hand-worked examples or from plain UTF-8 bytes."""
+"""Tests for tokenizer.py. Expected values come from hand-worked examples, a naive BPE, or plain
+UTF-8 bytes."""
 
 import json
 import random
@@ -179,7 +180,8 @@ def test_special_tokens(english_tokenizer):
     assert not {tok.bos_id, tok.eos_id, tok.pad_id} & set(ids)
     assert max(ids) < tok.bos_id
     # Documented: special ids decode to their names, so they stay visible when debugging.
-    assert tok.decode([tok.bos_id, *tok.encode("hi"), tok.eos_id, tok.pad_id]) == "<bos>hi<eos><pad>"
+    ids = [tok.bos_id, *tok.encode("hi"), tok.eos_id, tok.pad_id]
+    assert tok.decode(ids) == "<bos>hi<eos><pad>"
 
 
 def test_save_load_and_dict_round_trip(english_tokenizer, tmp_path):
