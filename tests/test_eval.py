@@ -3,6 +3,7 @@ on a hand-made case; the side-by-side comparison of runs on hand-made metrics fi
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -165,27 +166,41 @@ def test_zeroshot_is_perfect_when_image_embeddings_are_their_captions_embeddings
     assert all(value == 0.0 for value in swapped.values())
 
 
-def hand_made_metrics(tower, r1, with_prefix=True):
-    split = {"image_to_text_R@1": r1, "text_to_image_R@1": r1 / 2,
+def hand_made_metrics(seed, tower, r1, with_prefix=True):
+    """A metrics.json as train.py writes it, cut to what --compare reads. The data fingerprint
+    depends on the seed, as the toy world's pairs do."""
+    split = {"image_to_text_R@1": r1, "text_to_image_R@1": r1 / 2, "caption_samples": ["a"],
              **{f"zeroshot_{a}_acc": 0.5 for a in ("colour", "shape", "size", "position")}}
     if with_prefix:
         split["caption_exact_match"] = 0.25
         for kind in ("colour", "shape", "count", "position", "exists"):
+            split[f"vqa_acc_{kind}"] = 0.3
             split[f"vqa_describe_acc_{kind}"] = 0.8 if kind == "exists" else 0.6   # mean 0.64
             split[f"vqa_blind_acc_{kind}"] = 0.1
-    return {"test": split, "compositional": split, "paraphrase": split,
-            "run": {"text_tower": tower, "trainable_parameters": 1234567, "wall_seconds": 99.6,
-                    "align_images_per_s": 1000.4}}
+    config = {"seed": seed, "text_tower": tower, "device": "cpu",
+              "data_fingerprint": f"pairs of seed {seed}", "align": {"steps": 300}}
+    return {"test": split, "compositional": split,
+            "paraphrase": {**split, "image_to_text_R@1": 0.995},         # near perfect everywhere
+            "run": {"config": config, "precision": "float32"}}
 
 
-def test_compare_prints_runs_side_by_side(tmp_path, capsys):
+def test_compare_puts_the_seeds_of_a_setting_on_one_row(tmp_path, capsys):
     import eval as evaluation
-    for tower, r1, prefix in (("locked", 0.986, True), ("random", 0.5, False)):
-        (tmp_path / f"{tower}.json").write_text(json.dumps(hand_made_metrics(tower, r1, prefix)))
-    evaluation.main(["--compare", str(tmp_path / "locked.json"), str(tmp_path / "random.json")])
-    lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 3 and lines[0].split()[0] == "run"
-    locked, random = lines[1].split(), lines[2].split()
-    assert locked == ["locked", "1,234,567", "100", "1,000", "0.986", "0.493", "0.986", "0.493",
-                      "0.986", "0.500", "0.250", "0.640", "0.100"]
-    assert random[:2] == ["random", "1,234,567"] and random[-3:] == ["-", "-", "-"]
+    runs = {"locked_0": (0, "locked", 0.9), "locked_1": (1, "locked", 0.8),
+            "random_0": (0, "random", 0.5)}
+    for name, (seed, tower, r1) in runs.items():
+        metrics = hand_made_metrics(seed, tower, r1, with_prefix=tower == "locked")
+        (tmp_path / f"{name}.json").write_text(json.dumps(metrics))
+    evaluation.main(["--compare", *(str(tmp_path / f"{name}.json") for name in runs)])
+    header, locked, random, left_out = [re.split(r"\s{2,}", line.strip())
+                                        for line in capsys.readouterr().out.splitlines()]
+    assert header == ["run", "test i→t", "test t→i", "comp i→t", "comp t→i", "zero-shot",
+                      "caption", "comp caption", "VQA image", "VQA own cap.", "VQA blind"]
+    # by hand: R@1 of seeds 0 and 1 is 0.9 and 0.8, mean 0.85; text -> image half of that;
+    # the mean of the VQA kinds is (4 x 0.6 + 0.8) / 5 = 0.64 with the caption first
+    assert locked == ["text_tower=locked (seeds 0,1)", "0.850 (0.800–0.900)", "0.425 (0.400–0.450)",
+                      "0.850 (0.800–0.900)", "0.425 (0.400–0.450)", "0.500", "0.250", "0.250",
+                      "0.300", "0.640", "0.100"]
+    assert random == ["text_tower=random (seeds 0)", "0.500", "0.250", "0.500", "0.250", "0.500",
+                      "-", "-", "-", "-", "-"]                          # no prefix head
+    assert left_out == ["left out, >= 0.99 for every run: para i→t"]
