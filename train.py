@@ -395,7 +395,7 @@ def run(args, configs, asked_vocab):
     precision = str(compute_dtype(device, args.precision)).removeprefix("torch.")
     run_config = {"seed": args.seed, "text_tower": args.text_tower, "objective": args.objective,
                   "precision": precision, "data": args.data, "val_data": args.val_data,
-                  "text": args.text, "lm": args.lm, "device": str(device),
+                  "text": args.text, "lm_checkpoint": args.lm, "device": str(device),
                   "data_fingerprint": fingerprint(data["train"], documents),
                   **{group: asdict(config) for group, config in {**configs, "lm": lm_cfg}.items()}}
     saved = resume_state(state_path, run_config) if args.resume else None
