@@ -423,8 +423,9 @@ def group_by_setting(runs):
     flag) that are not the same in every run, e.g. 'text_tower=random, precision=bfloat16'."""
     settings = [{**flat(m["run"].get("config", {})), "precision": m["run"].get("precision")}
                 for _, m in runs]
-    varying = sorted({key for s in settings for key in s
-                      if key not in ("seed", "device") and any(o.get(key) != s.get(key) for o in settings)})
+    seed_made = ("seed", "data_fingerprint", "device")   # the seed draws the data; not a setting
+    varying = sorted({key for s in settings for key in s if key not in seed_made
+                      and any(o.get(key) != s.get(key) for o in settings)})
     groups = {}
     for (path, metrics), s in zip(runs, settings):
         label = ", ".join(f"{key.split('.')[-1]}={s.get(key)}" for key in varying) or "runs"
