@@ -446,6 +446,8 @@ def run(args, configs, asked_vocab):
     metrics["run"] = {"text_tower": args.text_tower, "objective": args.objective,
                       "precision": precision, "config": run_config, "environment": where,
                       "wall_seconds": time.perf_counter() - start,
+                      "lm_held_out_loss": lm_history["held_out_loss"],
+                      "align_final_loss": align_history["loss"][-1][1],
                       "lm_seconds": lm_history.get("seconds"),
                       "lm_tokens_per_s": lm_history.get("tokens_per_s"),
                       "align_seconds": align_history["seconds"],
