@@ -1,19 +1,23 @@
 """Where the time goes, measured on this machine (nothing is changed by running it).
 
-    python tests/benchmarks/speed.py
+    python tests/benchmarks/speed.py [--precision auto|float32|bf16]
 
-1. The limit: matmul throughput (FLOP/s) of this machine, measured here, in float32 and, where
-   this CPU computes bf16 natively (so that train.py's autocast uses it), in bf16.
+1. The limit: matmul throughput (FLOP/s) of this machine, measured here, in the precision the
+   training steps below compute in (train.py's --precision: auto takes bf16 where this CPU
+   computes it natively, float32 elsewhere).
 2. Model FLOPs utilisation of LM pretraining and of alignment: FLOPs per step counted from the
    model's shapes (a forward matmul of (m, k) x (k, n) is 2mkn FLOPs, backward twice that),
    divided by the measured time per step, divided by the limit of the same precision.
 3. Side by side: (a) cached text embeddings against recomputing them through the frozen LM every
    step (what freezing saves, §4.4); (b) the hand-written info_nce against the F.cross_entropy
-   formulation, forward + backward; (c) attention written out against scaled_dot_product_attention.
+   formulation, forward + backward; (c) attention written out against scaled_dot_product_attention;
+   (d) generating captions with generate's key-value cache against re-reading the whole row for
+   every new token.
 4. Two choices: the embedder's channels-last layout against the default one, and --compile
    (torch.compile) against eager training steps, with the time compiling takes.
 """
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -22,9 +26,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from minivlp import (AlignConfig, CausalSelfAttention, LanguageModel, LMConfig, VisualEmbedder,  # noqa: E402
-                     WorldConfig, adamw, autocast, info_nce, native_bf16, reread_tokens,
-                     reread_features)
+from minivlp import (AlignConfig, CausalSelfAttention, LanguageModel, LMConfig,  # noqa: E402
+                     VisualEmbedder, WorldConfig, adamw, autocast, compute_dtype, generate,
+                     info_nce, reread_tokens, reread_features)
 from tokenizer import Tokenizer  # noqa: E402
 
 
@@ -72,14 +76,15 @@ def embedder_step_flops(embedder, batch_size, image_size):
 
 
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--precision", choices=["auto", "float32", "bf16"], default="auto")
+    precision = parser.parse_args().precision
     torch.manual_seed(0)
-    limit = matmul_limit(torch.float32)
-    print(f"1. this machine: float32 matmul {limit / 1e9:.1f} GFLOP/s ({torch.get_num_threads()} threads)")
     cpu = torch.device("cpu")
-    if native_bf16(cpu):  # the training loops' autocast computes in bf16: so does this limit
-        limit = matmul_limit(torch.bfloat16)
-        print(f"   bf16 matmul {limit / 1e9:.1f} GFLOP/s: this CPU has native bf16, so the "
-              f"training steps below run under bf16 autocast, as in train.py")
+    dtype = compute_dtype(cpu, precision)
+    limit = matmul_limit(dtype)
+    print(f"1. this machine: {str(dtype).removeprefix('torch.')} matmul {limit / 1e9:.1f} GFLOP/s "
+          f"({torch.get_num_threads()} threads); the training steps below compute in it")
 
     cfg = LMConfig()
     lm = LanguageModel(cfg)
@@ -87,7 +92,7 @@ def main():
     ids = torch.randint(0, cfg.vocab_size, (cfg.batch_size, cfg.context + 1))
 
     def lm_step(model=lm, optimizer=optimizer):  # binds this optimizer: the name is reused below
-        with autocast(cpu):
+        with autocast(cpu, precision):
             logits = lm.logits(model(ids[:, :-1]))
         loss = F.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten())
         optimizer.zero_grad()
@@ -104,7 +109,7 @@ def main():
     text_emb = torch.randn(align_cfg.batch_size, cfg.width)
 
     def align_step(model=embedder, optimizer=optimizer):
-        with autocast(cpu):
+        with autocast(cpu, precision):
             image_emb, _ = model(images)
         loss = info_nce(image_emb.float(), text_emb, 0.07)
         optimizer.zero_grad()
@@ -166,6 +171,23 @@ def main():
     print(f"3c. attention, batch {B} x {T} tokens: written out {written * 1e3:.2f} ms, "
           f"scaled_dot_product_attention {sdpa * 1e3:.2f} ms (ratio {written / sdpa:.2f}), "
           f"max |difference| {difference:.1e}")
+
+    # (d) captions generated with the key-value cache against re-reading the row every token
+    frozen_lm = LanguageModel(cfg).eval().requires_grad_(False)
+    context_emb = torch.randn(500, 1 + align_cfg.prefix_tokens, cfg.width)
+    prompt = torch.randint(0, cfg.vocab_size, (500, 1))
+
+    @torch.no_grad()
+    def reread(new_tokens=20):
+        row = prompt
+        for _ in range(new_tokens):
+            next_id = frozen_lm.logits(frozen_lm(row, prefix=context_emb)[:, -1]).argmax(-1)
+            row = torch.cat([row, next_id[:, None]], dim=1)
+
+    cached = seconds(lambda: generate(frozen_lm, context_emb, prompt, 20), repeat=3)
+    reread_time = seconds(reread, repeat=3)
+    print(f"3d. 500 captions of 20 tokens: with the cache {cached * 1e3:.0f} ms, re-reading the "
+          f"row {reread_time * 1e3:.0f} ms ({reread_time / cached:.1f}x)")
 
     # 4. the embedder's layout, then torch.compile of each model (its first steps compile it)
     default_layout = VisualEmbedder(world_cfg.image_size, cfg.width, align_cfg.prefix_tokens)
