@@ -530,28 +530,32 @@ def info_nce(image_emb, text_emb, temperature, symmetric=True, caption_ids=None,
     so exp never overflows, even at τ = 0.001 in float32.
 
     symmetric=False is §4.2 exactly (image -> text). symmetric=True averages it with the same loss
-    for text -> image (CLIP). caption_ids (B,) marks rows that share a caption: such a caption is
-    not a negative of the other's image (it describes it just as well), so those off-diagonal
-    pairs are left out of the denominators. rows (a slice of 0..B-1, default all) scores only
-    those images and texts, each against all B: the "local loss" of a data-parallel run, where
-    each process owns a slice of the global batch and sees every other process's rows as negatives.
+    for text -> image (CLIP). Two extensions, each marked where it enters:
+    1. caption_ids (B,) marks rows that share a caption: such a caption is not a negative of the
+       other's image (it describes it just as well), so those off-diagonal pairs are left out of
+       the denominators;
+    2. rows (a slice of 0..B-1, default all) scores only those images and texts, each against all
+       B: the "local loss" of a data-parallel run, where each process owns a slice of the global
+       batch and sees every other process's rows as negatives.
+    With neither, b = B and pair i sits at column i.
     """
-    rows = rows or slice(0, len(image_emb))
-    image_emb = F.normalize(image_emb, dim=1)                          # (B, C) unit vectors
+    image_emb = F.normalize(image_emb, dim=1)                          # (B, C): sim is now a dot product
     text_emb = F.normalize(text_emb, dim=1)                            # (B, C)
-    positive = torch.arange(rows.start, rows.stop, device=image_emb.device)  # (b,) columns of i, i
-    local = torch.arange(len(positive), device=image_emb.device)       # (b,)
-    if caption_ids is not None:
-        duplicate = caption_ids[rows, None] == caption_ids[None, :]    # (b, B)
-        duplicate[local, positive] = False
+    rows = rows or slice(0, len(image_emb))                            # extension 2
+    positive = torch.arange(rows.start, rows.stop, device=image_emb.device)  # (b,) column of pair i
+    local = torch.arange(len(positive), device=image_emb.device)       # (b,) its row
+    if caption_ids is not None:                                        # extension 1
+        shared = caption_ids[rows, None] == caption_ids[None, :]       # (b, B)
+        shared[local, positive] = False                                # the positive stays
 
     def one_way(queries, keys):
         logits = queries[rows] @ keys.T / temperature                  # (b,C) @ (C,B) -> (b, B)
         if caption_ids is not None:
-            logits = logits.masked_fill(duplicate, float("-inf"))
+            logits = logits.masked_fill(shared, float("-inf"))         # exp(-inf) = 0: left out
+        # L_i = log Σ_j exp(logits[i, j]) - logits[i, i], the row maximum m_i taken out first
         row_max = logits.max(dim=1, keepdim=True).values.detach()      # (b, 1): m_i
         log_denominator = row_max.squeeze(1) + (logits - row_max).exp().sum(dim=1).log()
-        return (log_denominator - logits[local, positive]).mean()
+        return (log_denominator - logits[local, positive]).mean()      # L = mean_i L_i
 
     if not symmetric:
         return one_way(image_emb, text_emb)
