@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # minivlp.py sits at the repository root
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # minivlp.py: the repository root
 import minivlp  # noqa: E402
 import tokenizer  # noqa: E402
 
@@ -103,7 +103,8 @@ def assert_close(got, expected, what, rtol=1e-6, atol=1e-9, mistakes=()):
     if torch.allclose(got, expected, rtol=rtol, atol=atol):
         return
     for wrong, mistake in mistakes:
-        if wrong.shape == got.shape and torch.allclose(got, wrong.to(got.dtype), rtol=rtol, atol=atol):
+        wrong = wrong.to(got.dtype)
+        if wrong.shape == got.shape and torch.allclose(got, wrong, rtol=rtol, atol=atol):
             raise Mismatch(f"{what}: {mistake}")
     if got.numel() == 1:
         raise Mismatch(f"{what}: got {got.item():.6g}, expected {expected.item():.6g}")
@@ -222,7 +223,7 @@ def naive_attention(q, k, v):
     """Position by position: softmax over s <= t of q_t . k_s / sqrt(d), times v_s."""
     out = torch.zeros_like(v)
     for t in range(q.shape[2]):
-        scores = (q[:, :, t:t + 1] * k[:, :, :t + 1]).sum(-1) / math.sqrt(q.shape[-1])  # (B, h, t+1)
+        scores = (q[:, :, t:t + 1] * k[:, :, :t + 1]).sum(-1) / math.sqrt(q.shape[-1])  # (B,h,t+1)
         out[:, :, t] = (scores.softmax(-1).unsqueeze(-1) * v[:, :, :t + 1]).sum(2)
     return out
 
@@ -435,7 +436,7 @@ def reread_tokens_by_hand(student, g):
     ids, weights = reread_reference(hand, ["a red box", "box"], 10)
     assert torch.equal(ids, expected_ids) and torch.equal(weights["right"], expected_weights)
     compare_reread_tokens(student, hand, ["a red box", "box"], 10)
-    compare_reread_tokens(student, hand, ["a red box", "box"], 7)   # cut to 2 ids: [1, 7, 5, 3, 7, 5]
+    compare_reread_tokens(student, hand, ["a red box", "box"], 7)   # cut: [1, 7, 5, 3, 7, 5]
 
 
 @check(4, "reread_tokens on random texts: long ones cut, empty ones, a newline of 1 or 2 ids")
@@ -485,7 +486,8 @@ def reread_in_text_features(student, g):
     expected = minivlp.text_features(lm, tok, texts, torch.device("cpu"))
     saved = minivlp.reread_tokens, minivlp.reread_features
     try:
-        minivlp.reread_tokens, minivlp.reread_features = student.reread_tokens, student.reread_features
+        minivlp.reread_tokens = student.reread_tokens
+        minivlp.reread_features = student.reread_features
         got = minivlp.text_features(lm, tok, texts, torch.device("cpu"))
     finally:
         minivlp.reread_tokens, minivlp.reread_features = saved
@@ -580,7 +582,8 @@ def pairwise_cosines(x):
     """{name: value}: the mean over ordered pairs i != j by a double loop, and two mistakes."""
     x = x.double()
     M = len(x)
-    cosine = [[float(x[i] @ x[j] / (x[i].norm() * x[j].norm())) for j in range(M)] for i in range(M)]
+    cosine = [[float(x[i] @ x[j] / (x[i].norm() * x[j].norm())) for j in range(M)]
+              for i in range(M)]
     dot = [[float(x[i] @ x[j]) for j in range(M)] for i in range(M)]
     off = [(i, j) for i in range(M) for j in range(M) if i != j]
     return {"right": sum(cosine[i][j] for i, j in off) / len(off),
@@ -620,9 +623,10 @@ exercise(6, "InfoNCE with shared captions", {"ex06_info_nce.py": ("info_nce",)})
 
 
 def random_pairs(g, dtype=torch.float64):
-    """(N, C) image and text embeddings with rows of very different lengths (cosine must not care)."""
+    """(N, C) image and text embeddings, rows of very different lengths (cosine must not care)."""
     N, C = randint(g, 2, 10), randint(g, 2, 16)
-    scales = [torch.exp(torch.empty(N, 1, dtype=dtype).uniform_(-2, 2, generator=g)) for _ in range(2)]
+    scales = [torch.exp(torch.empty(N, 1, dtype=dtype).uniform_(-2, 2, generator=g))
+              for _ in range(2)]
     return (torch.randn(N, C, generator=g, dtype=dtype) * scales[0],
             torch.randn(N, C, generator=g, dtype=dtype) * scales[1])
 
@@ -642,7 +646,8 @@ def naive_info_nce(v, t, tau, symmetric=True, caption_ids=None, mask=True, dot=F
     def one_way(queries, keys):
         total = 0.0
         for i in range(N):
-            logits = torch.stack([sim(queries[i], keys[j]) / tau for j in range(N) if not same(i, j)])
+            logits = torch.stack([sim(queries[i], keys[j]) / tau
+                                  for j in range(N) if not same(i, j)])
             total = total + torch.logsumexp(logits, 0) - sim(queries[i], keys[i]) / tau
         return total / N
 
@@ -653,9 +658,12 @@ def naive_info_nce(v, t, tau, symmetric=True, caption_ids=None, mask=True, dot=F
 
 def compare_info_nce(student, v, t, tau, symmetric, caption_ids=None, what="", **tolerance):
     given = [x.clone() for x in (v, t)] + ([caption_ids.clone()] if caption_ids is not None else [])
-    kwargs = {"symmetric": symmetric} | ({"caption_ids": given[2]} if caption_ids is not None else {})
+    kwargs = {"symmetric": symmetric}
+    if caption_ids is not None:
+        kwargs["caption_ids"] = given[2]
     got = student.info_nce(given[0], given[1], tau, **kwargs)
-    for name, before, after in zip(("image_emb", "text_emb", "caption_ids"), (v, t, caption_ids), given):
+    for name, before, after in zip(("image_emb", "text_emb", "caption_ids"), (v, t, caption_ids),
+                                   given):
         unchanged(before, after, name, what)
     expected = naive_info_nce(v, t, tau, symmetric, caption_ids)
     mistakes = [(naive_info_nce(v, t, 1.0, symmetric, caption_ids),
@@ -986,7 +994,8 @@ def prefix_forward_values(student, g):
     lm = tiny_lm(g)
     for _ in range(3):
         K = randint(g, 1, 5)
-        compare_prefix_forward(student, lm, *prefix_inputs(g, K, randint(g, 1, TINY_LM.context - K)))
+        T = randint(g, 1, TINY_LM.context - K)
+        compare_prefix_forward(student, lm, *prefix_inputs(g, K, T))
 
 
 @check(9, "prefix and tokens filling the whole context (K + T = lm.context)")

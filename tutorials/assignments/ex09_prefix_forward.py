@@ -30,7 +30,8 @@ def forward_with_prefix(lm, token_ids, prefix):
     into `prefix` (the LM is frozen, but the embedder behind the prefix learns through it).
 
     Worked example: K = 2, T = 3 -> the blocks read 5 vectors:
-        [prefix_0 + pos_0, prefix_1 + pos_1, emb(id_0) + pos_2, emb(id_1) + pos_3, emb(id_2) + pos_4]
+        [prefix_0 + pos_0, prefix_1 + pos_1, emb(id_0) + pos_2, emb(id_1) + pos_3,
+         emb(id_2) + pos_4]
     and the result has shape (B, 5, C).
     """
     raise NotImplementedError

@@ -1,10 +1,10 @@
 """Autograder for the minivlp assignments.
 
-    python tutorials/assignments/grade.py                   # every exercise, the files in this folder
-    python tutorials/assignments/grade.py --exercise 6      # one exercise (repeat the flag for more)
-    python tutorials/assignments/grade.py --dir PATH        # a student's copies of the exNN_*.py files
-    python tutorials/assignments/grade.py --json results.json   # also write Gradescope's results.json
-    python tutorials/assignments/grade.py --seed 7 -v       # replay a run; list the passed checks too
+    python tutorials/assignments/grade.py                 # every exercise, files in this folder
+    python tutorials/assignments/grade.py --exercise 6    # one exercise (repeat the flag for more)
+    python tutorials/assignments/grade.py --dir PATH      # a student's copies of the exNN files
+    python tutorials/assignments/grade.py --json PATH     # also write Gradescope's results.json
+    python tutorials/assignments/grade.py --seed 7 -v     # replay a run; list passed checks too
 
 The checks live in checks.py, one section per exercise. They draw fresh random inputs (a new seed
 each run, printed so that a run can be replayed) and compare the student's functions with
@@ -109,7 +109,7 @@ def run_checks(ex, student, seed, first):
                 torch.manual_seed(seed)
                 note = check.run(student, g)
             yield check.points, note or ""
-        except (Exception, SystemExit) as error:  # a Mismatch, or whatever the student's code raised
+        except (Exception, SystemExit) as error:  # a Mismatch, or what the student's code raised
             yield 0, describe(error)
 
 
@@ -147,7 +147,8 @@ def grade_exercise(ex, source, seed, time_limit=TIME_LIMIT):
         sender.close()
         try:
             if not receiver.poll(time_limit):
-                reason = f"loading {', '.join(ex.files)} took over {time_limit:g} s (an endless loop?)"
+                reason = (f"loading {', '.join(ex.files)} took over {time_limit:g} s "
+                          f"(an endless loop?)")
                 outcomes += [(c, 0, reason) for c in ex.checks[len(outcomes):]]
             else:
                 receiver.recv()                     # "loaded"
@@ -234,7 +235,7 @@ def main(argv=None):
     parser.add_argument("-v", "--verbose", action="store_true", help="list the passed checks too")
     args = parser.parse_args(argv)
     if hasattr(sys.stdout, "reconfigure"):
-        sys.stdout.reconfigure(errors="replace")                      # τ on a console without UTF-8
+        sys.stdout.reconfigure(errors="replace")                # τ on a console without UTF-8
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(10**6)
     print(f"grading {args.dir} (seed {seed}: --seed {seed} replays these inputs)")
     results = grade(args.dir, seed, args.exercise, args.time_limit)
