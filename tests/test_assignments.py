@@ -282,6 +282,7 @@ def test_a_weak_training_run_fails_exercise_11_with_its_numbers(monkeypatch):
         {"R@1": 0.25, "exact": 0.0, "seconds": 1.0}, dict.fromkeys(checks.FROM_THE_STUDENT, 1)))
     outcomes = grade.grade(answer_key(), seed=0, numbers=[11])[11]
     assert [reason for _, _, reason in outcomes] == [
+        "",
         "test image -> text R@1 0.250, below 1.01: check h(T), whitening and info_nce",
         "captions exactly right 0.000, below 1.01: check prefix_loss"]
 

@@ -23,6 +23,7 @@ import importlib.util
 import io
 import json
 import multiprocessing
+import os
 import random
 import sys
 import traceback
@@ -118,11 +119,14 @@ def send_outcomes(ex, source, seed, first, sender):
     torch.set_num_threads(1)  # tensors here are tiny: more threads only wait on each other
     warnings.simplefilter("ignore")
     quiet = io.StringIO()     # what the student's code prints would break the report's lines
-    with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
-        student = load_student(ex, source)
-        sender.send("loaded")
-        for outcome in run_checks(ex, student, seed, first):
-            sender.send(outcome)
+    try:
+        with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+            student = load_student(ex, source)
+            sender.send("loaded")
+            for outcome in run_checks(ex, student, seed, first):
+                sender.send(outcome)
+    except BaseException:     # raised past every check (KeyboardInterrupt, ...): the parent says so
+        os._exit(1)
     sender.close()
 
 
@@ -177,7 +181,8 @@ def grade_exercise(ex, source, seed, time_limit=TIME_LIMIT):
 def grade(source, seed, numbers=None, time_limit=TIME_LIMIT):
     """{exercise number: [(check, score, reason or note)]} for the exercises `numbers` (all by
     default). source: a folder of student files, or {number: namespace of functions}."""
-    return {n: grade_exercise(EXERCISES[n], source, seed, time_limit) for n in numbers or EXERCISES}
+    return {n: grade_exercise(EXERCISES[n], source, seed, time_limit)
+            for n in sorted(set(numbers or EXERCISES))}
 
 
 # ------------------------------------------------------------------------------------------------
