@@ -266,6 +266,8 @@ def caption_loss_unfreezing(lm, tok, prefix, tokens):
     (10, {"prefix_loss": caption_loss_per_caption}, "padding", "per-caption means"),
     (10, {"prefix_loss": caption_loss_detached}, "gradient", "records no gradient"),
     (10, {"prefix_loss": caption_loss_unfreezing}, "only the embedder", "must stay frozen"),
+    (11, {"reread_tokens": lambda tok, texts, context: "ids"}, "a run of seconds",
+     "just after your reread_tokens returned"),
 ])
 def test_a_wrong_answer_loses_marks_with_a_reason_naming_the_mistake(number, replaced,
                                                                      failing_check, named):
@@ -278,7 +280,7 @@ def test_a_wrong_answer_loses_marks_with_a_reason_naming_the_mistake(number, rep
 def test_a_weak_training_run_fails_exercise_11_with_its_numbers(monkeypatch):
     monkeypatch.setattr(checks, "RUN_SIZE", SimpleNamespace(**vars(checks.DRY_RUN) | {
         "min_recall": 1.01, "min_exact": 1.01}))
-    monkeypatch.setattr(checks, "train_with", lambda student, size=None: (
+    monkeypatch.setattr(checks, "train_with", lambda student, size=None, calls=None: (
         {"R@1": 0.25, "exact": 0.0, "seconds": 1.0}, dict.fromkeys(checks.FROM_THE_STUDENT, 1)))
     outcomes = grade.grade(answer_key(), seed=0, numbers=[11])[11]
     assert [reason for _, _, reason in outcomes] == [

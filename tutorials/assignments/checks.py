@@ -16,6 +16,7 @@ student's files, runs these checks under a time limit and reports the scores.
 import copy
 import math
 import sys
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -1177,9 +1178,10 @@ exercise(11, "your functions train a model",
 
 
 def spy(name, function, calls):
-    """function, counting its calls in `calls`, and naming its file when it is not written."""
+    """function, counting its calls in `calls` (the last called last), and naming its file when
+    it is not written."""
     def call(*args, **kwargs):
-        calls[name] = calls.get(name, 0) + 1
+        calls[name] = calls.pop(name, 0) + 1
         try:
             return function(*args, **kwargs)
         except NotImplementedError:
@@ -1187,11 +1189,11 @@ def spy(name, function, calls):
     return call
 
 
-def train_with(student, size=None, seed=RUN_SEED):
+def train_with(student, size=None, seed=RUN_SEED, calls=None):
     """Train a model at `size` with the student's functions in place of minivlp's; returns
     ({'R@1', 'exact', 'seconds'}, {function name: calls during the run})."""
     from eval import describe                                          # eval.py's greedy captions
-    size, device, calls = size or RUN_SIZE, torch.device("cpu"), {}
+    size, device, calls = size or RUN_SIZE, torch.device("cpu"), {} if calls is None else calls
     torch.manual_seed(seed)
     documents = minivlp.make_corpus(size.documents, seed=seed)
     tok = tokenizer.Tokenizer.train("\n".join(documents), vocab_size=size.vocab_size)
@@ -1238,12 +1240,18 @@ _runs = {}  # each run once: the checks of exercise 11 run in one process, one a
 
 def trained(student, size):
     """train_with(student, size), run once for all checks; an error is raised again to each."""
-    key = (id(student), id(size))
+    key, calls = (id(student), id(size)), {}
     if key not in _runs:
         try:
-            _runs[key] = train_with(student, size)
+            _runs[key] = train_with(student, size, calls=calls)
         except Exception as error:
-            _runs[key] = error
+            in_student_code = any(Path(frame.filename).name in FROM_THE_STUDENT.values()
+                                  for frame in traceback.extract_tb(error.__traceback__))
+            said = (str(error).splitlines() or [""])[0][:120]
+            _runs[key] = (error if in_student_code or isinstance(error, Mismatch) or not calls
+                          else Mismatch(f"{type(error).__name__} in minivlp's training loop just "
+                                        f"after your {list(calls)[-1]} returned ({said}): does "
+                                        f"it return what its docstring says?"))
     if isinstance(_runs[key], Exception):
         raise _runs[key]
     return _runs[key]
