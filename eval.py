@@ -421,8 +421,9 @@ def group_by_setting(runs):
     """[(path, metrics)] -> {label: [metrics of runs that differ only in seed]}. The label names
     what sets the group apart from the others: the settings (tower, objective, precision, any
     flag) that are not the same in every run, e.g. 'text_tower=random, precision=bfloat16'."""
+    # a metrics file that records no configuration (written by evaluate alone) is named by its file
     settings = [{**flat(m["run"].get("config", {})), "precision": m["run"].get("precision")}
-                for _, m in runs]
+                if "run" in m else {"run": Path(path).stem} for path, m in runs]
     seed_made = ("seed", "data_fingerprint", "device")   # the seed draws the data; not a setting
     varying = sorted({key for s in settings for key in s if key not in seed_made
                       and any(o.get(key) != s.get(key) for o in settings)})
@@ -449,14 +450,14 @@ def compare(paths):
     runs = [(path, read_metrics(path)) for path in paths]
     rows = []
     for label, group in group_by_setting(runs).items():
-        seeds = sorted(m["run"].get("config", {}).get("seed", "?") for m in group)
+        seeds = sorted(str(m.get("run", {}).get("config", {}).get("seed", "?")) for m in group)
         values = {}
         for title, section, key in COMPARE_COLUMNS:
             try:
                 values[title] = [lookup(m, section, key) for m in group]
             except KeyError:  # a run without that head (e.g. --objective contrastive)
                 pass
-        rows.append((f"{label} (seeds {','.join(map(str, seeds))})", values))
+        rows.append((label + (f" (seeds {','.join(seeds)})" if "?" not in seeds else ""), values))
     columns = [(title, title) for title, _, _ in COMPARE_COLUMNS]
     saturated = [title for title, _ in columns if len(rows) > 1 and
                  all(title in values and min(values[title]) >= 0.99 for _, values in rows)]
