@@ -18,17 +18,22 @@ NOTEBOOKS = sorted(TUTORIALS.glob("*.ipynb"))
 # Notebooks that train nothing: a rerun prints the same text, to the last character, anywhere.
 EXACT = {"01_tokens.ipynb", "03_visual_embedder.ipynb", "05_infonce_by_hand.ipynb"}
 
-# How far a rerun's key number may be from the stored one. On one machine with one thread count a
-# rerun repeats every number exactly; these widths allow for what moves elsewhere: another thread
-# count or CPU rounds sums differently, and a few decisions (a greedy token, a nearest caption)
-# can then flip. Each was sized from two reruns here, one with another thread count.
+# How far a rerun's key number may be from the stored one, by the start of its name (the longest
+# start that matches). On one machine with one thread count a rerun repeats every number exactly
+# (the notebooks compute in float32 everywhere); another thread count or CPU adds its sums in
+# another order, a few training steps go slightly differently, and a nearest caption or a greedy
+# token can then flip. Each width is about twice the largest change seen between the stored run
+# (2 threads) and a rerun with 1 thread; numbers that no training touches get 0.
 TOLERANCES = {
-    "01_tokens.ipynb": {},
-    "02_language_model.ipynb": {},
-    "03_visual_embedder.ipynb": {},
-    "04_text_tower.ipynb": {},
-    "05_infonce_by_hand.ipynb": {},
-    "06_training_and_retrieval.ipynb": {},
+    "02_language_model.ipynb": {"chance level": 0, "held-out loss": 0.01,
+                                "held-out perplexity": 0.02},
+    "04_text_tower.ipynb": {"pretrained held-out loss": 0.01, "chance": 0,
+                            "mean pairwise cosine": 0.04, "mean pairwise cosine after": 0.01,
+                            "nearest-caption cosine": 0.04, "synonym -> plain R@1": 0.2,
+                            "mean pairwise cosine, random": 0, "nearest-caption cosine, random": 0,
+                            "synonym -> plain R@1, random": 0,
+                            "synonym -> plain R@1 without whitening, random": 0},
+    "06_training_and_retrieval.ipynb": {"test": 0.08, "compositional": 0.08, "paraphrase": 0.08},
     "07_visual_prefix.ipynb": {},
     "08_experiments.ipynb": {},
 }
@@ -56,12 +61,13 @@ def test_notebook_reruns_to_its_stored_outputs(path):
     if path.name in EXACT:
         assert outputs_text(ran) == outputs_text(stored), "the printed text changed (rerun with --write)"
     stored_keys, ran_keys = key_numbers(stored), key_numbers(ran)
-    tolerances = TOLERANCES[path.name]
     assert set(stored_keys) == set(ran_keys)
     for name, value in ran_keys.items():
-        assert name in tolerances, f"key number {name!r} has no tolerance in TOLERANCES"
-        assert abs(value - stored_keys[name]) <= tolerances[name] + 1e-9, \
-            f"{name}: stored {stored_keys[name]}, rerun {value} (tolerance {tolerances[name]})"
+        starts = [start for start in TOLERANCES.get(path.name, {}) if name.startswith(start)]
+        assert starts, f"key number {name!r} has no tolerance in TOLERANCES"
+        tolerance = TOLERANCES[path.name][max(starts, key=len)]
+        assert abs(value - stored_keys[name]) <= tolerance + 1e-9, \
+            f"{name}: stored {stored_keys[name]}, rerun {value} (tolerance {tolerance})"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

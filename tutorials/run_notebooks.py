@@ -91,6 +91,8 @@ def key_numbers(notebook):
             for line in "".join(output.get("text", [])).splitlines():
                 match = KEY_NUMBER.match(line.strip())
                 if match:
+                    if match[1] in found:  # one name, one number: else the comparison is ambiguous
+                        raise ValueError(f"key number {match[1]!r} printed twice")
                     found[match[1]] = float(match[2].replace(",", ""))
     return found
 
