@@ -421,9 +421,10 @@ def group_by_setting(runs):
     """[(path, metrics)] -> {label: [metrics of runs that differ only in seed]}. The label names
     what sets the group apart from the others: the settings (tower, objective, precision, any
     flag) that are not the same in every run, e.g. 'text_tower=random, precision=bfloat16'."""
-    # a metrics file that records no configuration (written by evaluate alone) is named by its file
-    settings = [{**flat(m["run"].get("config", {})), "precision": m["run"].get("precision")}
-                if "run" in m else {"run": Path(path).stem} for path, m in runs]
+    # a metrics file that records no configuration (written by evaluate alone, as in tutorial 8)
+    # is named by its file
+    settings = [{**flat(m["run"]["config"]), "precision": m["run"].get("precision")}
+                if "config" in m.get("run", {}) else {"run": Path(path).stem} for path, m in runs]
     seed_made = ("seed", "data_fingerprint", "device")   # the seed draws the data; not a setting
     varying = sorted({key for s in settings for key in s if key not in seed_made
                       and any(o.get(key) != s.get(key) for o in settings)})

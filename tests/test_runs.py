@@ -52,6 +52,21 @@ def test_compare_labels_runs_that_differ_in_precision(tmp_path, capsys):
     assert "precision=float32 (seeds 0)" in out and "precision=bfloat16 (seeds 0)" in out
 
 
+def test_compare_names_runs_without_a_configuration_by_their_files(tmp_path, capsys):
+    # tutorial 8 writes evaluate's metrics with a run record of its own, without train.py's
+    # configuration: such runs are not one setting, each row is its file
+    paths = []
+    for name, r1 in (("locked", 0.7), ("random", 0.9)):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"test": {"image_to_text_R@1": r1, "text_to_image_R@1": 1.0},
+                                    "run": {"text_tower": name}}))
+        paths.append(path)
+    evaluation.main(["--compare", *map(str, paths)])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[1:3]] == ["run=locked", "run=random"]
+    assert "0.700" in lines[1] and "0.900" in lines[2]
+
+
 def test_seeds_run_one_after_another_each_in_its_folder(tmp_path, monkeypatch, capsys):
     calls = []
     def fake_run(args, configs, asked_vocab):
