@@ -40,7 +40,10 @@ TOLERANCES = {
                                "captioning loss of the untrained embedder": 1.2,
                                "caption exact match": 0.6, "VQA image": 0.16,
                                "VQA own caption": 0.22, "VQA blind": 0.03},
-    "08_experiments.ipynb": {},
+    # 1 thread against 2: R@1 on seen wording moved by up to 0.014, paraphrase R@1 by 0.107,
+    # caption exact match by 0.200 (locked: 0.493 and 0.293)
+    "08_experiments.ipynb": {"test image->text R@1": 0.03, "paraphrase image->text R@1": 0.22,
+                             "caption exact match": 0.4},
 }
 # A number written with two or more decimals (0.42, 1.81), not part of a section number (§4.3).
 DECIMAL = re.compile(r"(?<![\d.§])\d+\.\d{2,}(?![\d.])")

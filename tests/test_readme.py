@@ -1,0 +1,87 @@
+"""The README's result tables are the runs' own numbers: every cell is checked against the
+metrics.json files that train.py wrote for those runs, stored in tutorials/runs/."""
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+RUNS = ROOT / "tutorials" / "runs"
+KINDS = ["colour", "shape", "count", "position", "exists"]
+CELL = re.compile(r"^(\d\.\d+)(?: \((\d\.\d+)–(\d\.\d+)\))?$")     # '0.68 (0.63–0.74)' or '1.00'
+
+
+def runs(tower):
+    return [json.loads(path.read_text()) for path in sorted((RUNS / tower).glob("seed*.json"))]
+
+
+def table_rows(heading):
+    """{first cell: [other cells]} of the markdown tables in the README section `heading`."""
+    section = README.split(f"## {heading}\n")[1].split("\n## ")[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("|") and not set(cells[0]) <= {"-", " "}:
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def check(cell, values):
+    """The cell states the mean (min–max) of the values, rounded to its decimals."""
+    match = CELL.match(cell)
+    assert match, f"not a number cell: {cell!r}"
+    half_unit = 0.5 * 10.0 ** -len(match[1].split(".")[1]) + 1e-9
+    stated = [float(x) for x in match.groups() if x is not None]
+    actual = [np.mean(values)] + ([min(values), max(values)] if len(stated) == 3 else [])
+    if len(stated) == 1:  # no range written: every run rounds to the same value
+        stated, actual = stated * 3, [np.mean(values), min(values), max(values)]
+    assert all(abs(s - a) <= half_unit for s, a in zip(stated, actual)), \
+        f"{cell!r}: the runs give mean {np.mean(values):.4f}, min {min(values):.4f}, " \
+        f"max {max(values):.4f}"
+
+
+def mean_of(metrics, split, keys):
+    return float(np.mean([metrics[split][key] for key in keys]))
+
+
+def test_the_headline_tables_are_the_five_locked_runs():
+    locked = runs("locked")
+    assert len(locked) == 5 and "Seeds 0 to 4" in README
+    rows = table_rows("Results")
+    metrics_of_row = {
+        "image → text R@1": ["image_to_text_R@1"], "text → image R@1": ["text_to_image_R@1"],
+        "zero-shot, mean of 4 attributes": [f"zeroshot_{a}_acc"
+                                            for a in ("colour", "shape", "size", "position")],
+        "caption exact match": ["caption_exact_match"]}
+    for row, keys in metrics_of_row.items():
+        for split, cell in zip(["test", "compositional", "paraphrase"], rows[row]):
+            if cell:
+                check(cell, [mean_of(m, split, keys) for m in locked])
+    settings = {"image": "vqa_acc", "image, own caption": "vqa_describe_acc",
+                "blind": "vqa_blind_acc", "true caption": "vqa_text_acc"}
+    for row, prefix in settings.items():
+        for kind, cell in zip(KINDS, rows[row]):
+            check(cell, [m["test"][f"{prefix}_{kind}"] for m in locked])
+
+
+@pytest.mark.parametrize("tower", ["locked", "random", "finetune", "scratch"])
+def test_the_ablation_table_is_the_stored_runs(tower):
+    stored = runs(tower)
+    row = next(cells for first, cells in table_rows("What the pretrained LM buys: the text-tower "
+                                                    "ablation").items()
+               if first.startswith(f"`{tower}`"))
+    seeds = re.search(r"\(([\d,]+)\)", next(first for first in table_rows(
+        "What the pretrained LM buys: the text-tower ablation") if first.startswith(f"`{tower}`")))[1]
+    stored = [m for m in stored if str(m["run"]["config"]["seed"]) in seeds.split(",")]
+    assert [m["run"]["config"]["seed"] for m in stored] == [int(s) for s in seeds.split(",")]
+    assert all(m["run"]["text_tower"] == tower for m in stored)
+    columns = [("test", ["image_to_text_R@1"]), ("paraphrase", ["image_to_text_R@1"]),
+               ("test", ["caption_exact_match"]), ("compositional", ["caption_exact_match"]),
+               ("test", [f"vqa_describe_acc_{kind}" for kind in KINDS]),
+               ("test", [f"vqa_blind_acc_{kind}" for kind in KINDS])]
+    for (split, keys), cell in zip(columns, row):
+        check(cell, [mean_of(m, split, keys) for m in stored])
