@@ -1,5 +1,6 @@
-"""The README's result tables are the runs' own numbers: every cell is checked against the
-metrics.json files that train.py wrote for those runs, stored in tutorials/runs/."""
+"""The README's result tables and the full tables of tutorials/results.md are the runs' own
+numbers: every cell is checked against the metrics.json files that train.py wrote for those runs,
+stored in tutorials/runs/."""
 
 import json
 import re
@@ -7,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from eval import compare
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -85,3 +88,12 @@ def test_the_ablation_table_is_the_stored_runs(tower):
                ("test", [f"vqa_blind_acc_{kind}" for kind in KINDS])]
     for (split, keys), cell in zip(columns, row):
         check(cell, [mean_of(m, split, keys) for m in stored])
+
+
+def test_the_full_tables_of_the_results_page_are_what_compare_prints_for_the_runs():
+    page = (ROOT / "tutorials" / "results.md").read_text(encoding="utf-8")
+    block = page.split("## The shapes world, every setting")[1].split("```")[3]
+    printed = {line.rstrip() for line in compare(sorted((RUNS / "locked").glob("seed*.json")))
+               .splitlines()}
+    lines = block.strip("\n").splitlines()
+    assert len(lines) > 10 and [line for line in lines if line.rstrip() not in printed] == []
