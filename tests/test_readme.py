@@ -73,20 +73,17 @@ def test_the_headline_tables_are_the_five_locked_runs():
 
 @pytest.mark.parametrize("tower", ["locked", "random", "finetune", "scratch"])
 def test_the_ablation_table_is_the_stored_runs(tower):
-    stored = runs(tower)
-    row = next(cells for first, cells in table_rows("What the pretrained LM buys: the text-tower "
-                                                    "ablation").items()
-               if first.startswith(f"`{tower}`"))
-    seeds = re.search(r"\(([\d,]+)\)", next(first for first in table_rows(
-        "What the pretrained LM buys: the text-tower ablation") if first.startswith(f"`{tower}`")))[1]
-    stored = [m for m in stored if str(m["run"]["config"]["seed"]) in seeds.split(",")]
-    assert [m["run"]["config"]["seed"] for m in stored] == [int(s) for s in seeds.split(",")]
+    rows = table_rows("What the pretrained LM buys: the text-tower ablation")
+    first = next(first for first in rows if first.startswith(f"`{tower}`"))  # '`locked` (0,1,2)'
+    seeds = [int(seed) for seed in re.search(r"\(([\d,]+)\)", first)[1].split(",")]
+    stored = [m for m in runs(tower) if m["run"]["config"]["seed"] in seeds]
+    assert [m["run"]["config"]["seed"] for m in stored] == seeds
     assert all(m["run"]["text_tower"] == tower for m in stored)
     columns = [("test", ["image_to_text_R@1"]), ("paraphrase", ["image_to_text_R@1"]),
                ("test", ["caption_exact_match"]), ("compositional", ["caption_exact_match"]),
                ("test", [f"vqa_describe_acc_{kind}" for kind in KINDS]),
                ("test", [f"vqa_blind_acc_{kind}" for kind in KINDS])]
-    for (split, keys), cell in zip(columns, row):
+    for (split, keys), cell in zip(columns, rows[first]):
         check(cell, [mean_of(m, split, keys) for m in stored])
 
 
