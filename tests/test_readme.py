@@ -87,10 +87,34 @@ def test_the_ablation_table_is_the_stored_runs(tower):
         check(cell, [mean_of(m, split, keys) for m in stored])
 
 
-def test_the_full_tables_of_the_results_page_are_what_compare_prints_for_the_runs():
+def seeds(*towers):
+    return [path for tower in towers for path in sorted((RUNS / tower).glob("seed*.json"))]
+
+
+@pytest.mark.parametrize("section, block, towers", [
+    ("## The shapes world, every setting", 3, ["locked"]),
+    ("## A second world: glyphs", 3, ["glyphs", "glyphs_random"]),
+    ("## A second world: glyphs", 5, ["glyphs"])])
+def test_the_full_tables_of_the_results_page_are_what_compare_prints_for_the_runs(section, block,
+                                                                                    towers):
     page = (ROOT / "tutorials" / "results.md").read_text(encoding="utf-8")
-    block = page.split("## The shapes world, every setting")[1].split("```")[3]
-    printed = {line.rstrip() for line in compare(sorted((RUNS / "locked").glob("seed*.json")))
-               .splitlines()}
-    lines = block.strip("\n").splitlines()
-    assert len(lines) > 10 and [line for line in lines if line.rstrip() not in printed] == []
+    lines = page.split(section)[1].split("```")[block].strip("\n").splitlines()
+    printed = {line.rstrip() for line in compare(seeds(*towers)).splitlines()}
+    assert len(lines) > 2 and [line for line in lines if line.rstrip() not in printed] == []
+
+
+def test_the_digits_table_is_the_stored_evaluations():
+    page = (ROOT / "tutorials" / "results.md").read_text(encoding="utf-8")
+    rows = {}
+    for line in page.split("## Real scans: handwritten digits")[1].splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("| pretrained") or line.startswith("| random"):
+            rows["digits" if cells[0].startswith("pretrained") else "digits_random"] = cells[1:]
+    assert set(rows) == {"digits", "digits_random"}
+    for run, cells in rows.items():
+        val = json.loads((RUNS / run / "eval_val.json").read_text())["val"]
+        numerals = json.loads((RUNS / run / "eval_numerals.json").read_text())["val_numerals"]
+        values = [val["image_to_text_R@1"], val["zeroshot_acc"], val["caption_exact_match"],
+                  numerals["image_to_text_R@1"], numerals["text_to_image_R@1"]]
+        for cell, value in zip(cells, values):
+            check(cell, [value])
