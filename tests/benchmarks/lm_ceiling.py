@@ -8,18 +8,26 @@ objects in the scene and, for two objects, by which of them the question is abou
 second in the caption; `what shape is the red object?` and `is there a red square?` name their
 object by colour). A low number for the second object and not the first says the LM copies an
 attribute from the wrong object: it has not learned to bind a colour to its shape.
+
+Then it shows why, on one two-object scene asked about each of its objects in turn: where each
+attention head looks from the position that predicts the answer's first word (a head that reads
+the question would weigh the positions differently for the two questions), and where the first
+layer looks from the `q` that opens the question line, before any question word is read.
 """
 
 import argparse
 import sys
 from pathlib import Path
 
+import math
+
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from eval import answer, load_lm, verdict  # noqa: E402
-from minivlp import WorldConfig, caption, load_checkpoint, make_eval_splits, questions  # noqa: E402
+from minivlp import (Scene, WorldConfig, caption, load_checkpoint, make_eval_splits,  # noqa: E402
+                     questions)
 
 
 def which_object(scene, question):
@@ -34,6 +42,30 @@ def which_object(scene, question):
         return "first" if tuple(words[-2:]) == scene.objects[0] else \
             "second" if tuple(words[-2:]) == scene.objects[1] else "neither"
     return "first" if scene.objects[0][index] == named else "second"
+
+
+@torch.no_grad()
+def answer_attention(lm, tokenizer, text):
+    """Per layer, (heads, T) attention weights of the last position of '<bos> text' (the one that
+    predicts the next word), and the T token strings. The weights are recomputed from each
+    attention layer's input as CausalSelfAttention computes them."""
+    inputs = []
+    hooks = [block.attention.register_forward_hook(lambda layer, args, out: inputs.append(args[0]))
+             for block in lm.blocks]
+    ids = [tokenizer.bos_id] + tokenizer.encode(text)
+    lm(torch.tensor([ids]))
+    for hook in hooks:
+        hook.remove()
+    weights = []
+    for block, x in zip(lm.blocks, inputs):                                 # x: (1, T, C)
+        attention = block.attention
+        C = x.shape[-1]
+        d = C // attention.heads
+        q, k, _ = attention.qkv(x[0]).split(C, dim=1)                       # 2 x (T, C)
+        q = q[-1].view(attention.heads, 1, d)                               # (h, 1, d)
+        k = k.view(-1, attention.heads, d).transpose(0, 1)                  # (h, T, d)
+        weights.append((q @ k.transpose(1, 2) / math.sqrt(d)).softmax(-1)[:, 0])  # (h, T)
+    return weights, ["<bos>"] + [tokenizer.decode([i]) for i in ids[1:]]
 
 
 def main():
@@ -58,6 +90,26 @@ def main():
     print(f"seed {config['seed']}: answers from the true caption, {args.images} test scenes")
     for (kind, where), hits in sorted(right.items()):
         print(f"  {kind:<7} {where:<11} {np.mean(hits):.3f}  ({len(hits)} questions)")
+
+    scene = Scene((("green", "triangle"), ("red", "circle")), "", "above")
+    context = torch.cat([bos, lm.token_emb(torch.tensor(tokenizer.encode(caption(scene))))])
+    for shape in ("triangle", "circle"):
+        question = f"what colour is the {shape}?"
+        said = answer(lm, tokenizer, [context], [question], 4)[0]
+        print(f"\n'{caption(scene)} / q: {question} a:' -> '{said}'; from ':' each head reads:")
+        show_attention(*answer_attention(lm, tokenizer, f"{caption(scene)}\nq: {question} a:"))
+    print(f"\n'{caption(scene)} / q': from 'q' each head of the first layer reads:")
+    weights, words = answer_attention(lm, tokenizer, f"{caption(scene)}\nq")
+    show_attention(weights[:1], words)
+
+
+def show_attention(weights, words):
+    """Each head's two most-read positions, from answer_attention's output."""
+    for layer, heads in enumerate(weights):
+        for head, row in enumerate(heads):
+            top = row.topk(2)
+            print(f"  layer {layer} head {head}: " + ", ".join(
+                f"{words[j]!r} (position {j}) {float(w):.2f}" for w, j in zip(top.values, top.indices)))
 
 
 if __name__ == "__main__":
