@@ -2,6 +2,8 @@
 pooling, whitening and checkpoints."""
 
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -145,3 +147,23 @@ def test_checkpoint_with_a_pickled_object_is_refused(tmp_path):
     torch.save({"format": "minivlp-1", "payload": math.exp}, path)   # a function: needs pickle
     with pytest.raises(ValueError, match="weights_only"):
         load_checkpoint(path)
+
+
+def test_lm_ceiling_recomputes_the_attention_weights_the_lm_uses(tokenizer):
+    """tests/benchmarks/lm_ceiling.py shows where each head looks by recomputing its weights; applied
+    to the layer's values they must give the layer's real output at the last position."""
+    sys.path.insert(0, str(Path(__file__).parent / "benchmarks"))
+    from lm_ceiling import answer_attention
+    lm = tiny_lm()
+    seen = []                                                   # (input, output) of each layer
+    for block in lm.blocks:
+        block.attention.register_forward_hook(lambda layer, args, out: seen.append((args[0], out)))
+    weights, words = answer_attention(lm, tokenizer, "a red circle")
+    assert words[0] == "<bos>" and len(words) == 1 + len(tokenizer.encode("a red circle"))
+    for block, w, (x, out) in zip(lm.blocks, weights, seen):
+        attention = block.attention
+        C = x.shape[-1]
+        v = attention.qkv(x[0]).split(C, dim=1)[2]                             # (T, C)
+        v = v.view(-1, attention.heads, C // attention.heads).transpose(0, 1)  # (h, T, d)
+        mixed = (w[:, None] @ v)[:, 0].reshape(C)                             # (h, d) -> (C,)
+        torch.testing.assert_close(attention.proj(mixed), out[0, -1], rtol=1e-5, atol=1e-6)

@@ -16,10 +16,9 @@ layer looks from the `q` that opens the question line, before any question word 
 """
 
 import argparse
+import math
 import sys
 from pathlib import Path
-
-import math
 
 import numpy as np
 import torch
