@@ -80,8 +80,12 @@ def main():
     asked = [(scene, q, a, kind) for scene in scenes[:args.images]
              for q, a, kind in questions(scene, rng) if kind in ("colour", "shape", "exists")]
     bos = lm.token_emb.weight[tokenizer.bos_id][None]                  # (1, C)
-    contexts = [torch.cat([bos, lm.token_emb(torch.tensor(tokenizer.encode(caption(scene))))])
-                for scene, *_ in asked]                                # '<bos> TRUE CAPTION'
+
+    def true_caption(scene):
+        """The (1 + T, C) context '<bos> TRUE CAPTION'."""
+        return torch.cat([bos, lm.token_emb(torch.tensor(tokenizer.encode(caption(scene))))])
+
+    contexts = [true_caption(scene) for scene, *_ in asked]
     given = answer(lm, tokenizer, contexts, [q for _, q, _, _ in asked], 16)
     right = {}
     for (scene, q, a, kind), g in zip(asked, given):
@@ -91,10 +95,9 @@ def main():
         print(f"  {kind:<7} {where:<11} {np.mean(hits):.3f}  ({len(hits)} questions)")
 
     scene = Scene((("green", "triangle"), ("red", "circle")), "", "above")
-    context = torch.cat([bos, lm.token_emb(torch.tensor(tokenizer.encode(caption(scene))))])
     for shape in ("triangle", "circle"):
         question = f"what colour is the {shape}?"
-        said = answer(lm, tokenizer, [context], [question], 4)[0]
+        said = answer(lm, tokenizer, [true_caption(scene)], [question], 4)[0]
         print(f"\n'{caption(scene)} / q: {question} a:' -> '{said}'; from ':' each head reads:")
         show_attention(*answer_attention(lm, tokenizer, f"{caption(scene)}\nq: {question} a:"))
     print(f"\n'{caption(scene)} / q': from 'q' each head of the first layer reads:")
