@@ -1,7 +1,8 @@
-"""The README's result tables and the full tables of tutorials/results.md are the runs' own
-numbers: every cell is checked against the metrics.json files that train.py wrote for those runs,
-stored in tutorials/runs/."""
+"""The README's result tables, the full tables of tutorials/results.md and the design choices
+table of tutorials/design.md are the runs' own numbers: every cell is checked against the
+metrics.json files that train.py wrote for those runs, stored in tutorials/runs/."""
 
+import functools
 import json
 import re
 from pathlib import Path
@@ -101,6 +102,47 @@ def test_the_full_tables_of_the_results_page_are_what_compare_prints_for_the_run
     lines = page.split(section)[1].split("```")[block].strip("\n").splitlines()
     printed = {line.rstrip() for line in compare(seeds(*towers)).splitlines()}
     assert len(lines) > 2 and [line for line in lines if line.rstrip() not in printed] == []
+
+
+# design.md's choices table: a row's first cell names the flag; its runs, and the setting of the
+# run's config that the flag sets, with the value each run must record
+CHOICES = {"default": ("locked", ("align", "prefix_tokens"), 4),
+           "`--prefix-tokens 2`": ("choices/k2", ("align", "prefix_tokens"), 2),
+           "`--prefix-tokens 8`": ("choices/k8", ("align", "prefix_tokens"), 8),
+           "`--prefix-tokens 16`": ("choices/k16", ("align", "prefix_tokens"), 16),
+           "`--objective prefix`": ("choices/prefix", ("objective",), "prefix"),
+           "`--objective contrastive`": ("choices/contrastive", ("objective",), "contrastive"),
+           "`--lm-depth 4`": ("choices/depth4", ("lm", "depth"), 4)}
+
+
+def test_the_design_choices_table_is_the_stored_runs():
+    page = (ROOT / "tutorials" / "design.md").read_text(encoding="utf-8")
+    section = page.split("## The choices, measured\n")[1]
+    rows = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and cells[0].split(":")[0] in CHOICES:
+            rows[cells[0].split(":")[0]] = cells[1:]
+    assert set(rows) == set(CHOICES)
+    columns = [("test", ["image_to_text_R@1"]), ("paraphrase", ["image_to_text_R@1"]),
+               ("test", ["caption_exact_match"]), ("compositional", ["caption_exact_match"]),
+               ("test", [f"vqa_acc_{kind}" for kind in KINDS]),
+               ("test", [f"vqa_describe_acc_{kind}" for kind in KINDS]),
+               ("test", [f"vqa_text_acc_{kind}" for kind in KINDS])]
+    for choice, cells in rows.items():
+        folder, setting, value = CHOICES[choice]
+        stored = [m for m in runs(folder) if m["run"]["config"]["seed"] in (0, 1, 2)]
+        assert [m["run"]["config"]["seed"] for m in stored] == [0, 1, 2]
+        for m in stored:
+            config = m["run"]["config"]
+            assert config["objective"] == "both" or setting == ("objective",)
+            assert functools.reduce(dict.get, setting, config) == value, choice
+        assert len(cells) == len(columns)
+        for (split, keys), cell in zip(columns, cells):
+            if cell == "–":  # the objective trains no head for it: the runs report no such number
+                assert all(keys[0] not in m[split] for m in stored)
+            else:
+                check(cell, [mean_of(m, split, keys) for m in stored])
 
 
 def test_the_digits_table_is_the_stored_evaluations():
