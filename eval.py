@@ -195,8 +195,8 @@ def prefix_metrics(lm, tokenizer, prefixes, scenes, support_prefixes, support_sc
       vqa_blind_acc     '<bos> \n q: ... a:', no image: what the LM's prior alone gets right
       vqa_fewshot_acc   up to `shots` solved examples of the same kind of question first
                         (as many as fit in the LM's context), then the vqa_acc prompt
-      vqa_text_acc      '<bos> TRUE CAPTION \n q: ... a:', no image: the LM's own ceiling, how
-                        well it answers from a perfect description"""
+      vqa_text_acc      '<bos> TRUE CAPTION \n q: ... a:', no image: how well the LM answers
+                        from a perfect description, for most kinds about the most an image gets"""
     generated = describe(lm, tokenizer, prefixes)
     parsed = [parse_caption(text) for text in generated]
     metrics = {"caption_exact_match": float(np.mean([p == s for p, s in zip(parsed, scenes)])),

@@ -2,8 +2,8 @@
 
     python tests/benchmarks/lm_ceiling.py --ckpt out/seed0/lm.pt [--images 300]
 
-Every VQA number of a run is bounded by how well the LM answers from a perfect description (the
-"true caption" row of eval.py). This splits that row of the `test` split by the number of
+How well the LM answers from a perfect description (the "true caption" row of eval.py) is, for
+colour, shape and `exists`, about the most any VQA setting of a run reaches. This splits that row of the `test` split by the number of
 objects in the scene and, for two objects, by which of them the question is about (first or
 second in the caption; `what shape is the red object?` and `is there a red square?` name their
 object by colour). A low number for the second object and not the first says the LM copies an
