@@ -138,7 +138,8 @@ def test_the_design_choices_table_is_the_stored_runs():
             config = m["run"]["config"]
             assert functools.reduce(dict.get, setting, config) == value, choice
             ours, default = flat(config), flat(defaults[config["seed"]])
-            differ = {key for key in ours.keys() | default.keys() if ours.get(key) != default.get(key)}
+            differ = {key for key in ours.keys() | default.keys()
+                      if ours.get(key) != default.get(key)}
             # lm_checkpoint: a run may reuse the default run's LM (the same LM, pretrained once)
             assert differ - {"lm_checkpoint"} <= {".".join(setting)}, (choice, differ)
         assert len(cells) == len(columns)

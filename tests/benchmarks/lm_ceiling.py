@@ -3,11 +3,12 @@
     python tests/benchmarks/lm_ceiling.py --ckpt out/seed0/lm.pt [--images 300]
 
 How well the LM answers from a perfect description (the "true caption" row of eval.py) is, for
-colour, shape and `exists`, about the most any VQA setting of a run reaches. This splits that row of the `test` split by the number of
-objects in the scene and, for two objects, by which of them the question is about (first or
-second in the caption; `what shape is the red object?` and `is there a red square?` name their
-object by colour). A low number for the second object and not the first says the LM copies an
-attribute from the wrong object: it has not learned to bind a colour to its shape.
+colour, shape and `exists`, about the most any VQA setting of a run reaches. This splits that row
+of the `test` split by the number of objects in the scene and, for two objects, by which of them
+the question is about (first or second in the caption; `what shape is the red object?` and `is
+there a red square?` name their object by colour). A low number for the second object and not the
+first says the LM copies an attribute from the wrong object: it has not learned to bind a colour to
+its shape.
 
 Then it shows why, on one two-object scene asked about each of its objects in turn: where each
 attention head looks from the position that predicts the answer's first word (a head that reads
