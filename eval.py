@@ -187,9 +187,10 @@ def solved_examples(lm, tokenizer, support_prefixes, support_scenes, kind, shots
 def prefix_metrics(lm, tokenizer, prefixes, scenes, support_prefixes, support_scenes, shots=2,
                    vqa_images=500, seed=0):
     """Captioning (exact match, per-attribute accuracy, BLEU-4) and VQA accuracy per question kind
-    (of the `verdict`), on the first `vqa_images` images, in five settings
-    (the prefix never saw a question: all are zero-shot but few-shot):
-      vqa_acc           '<bos> [image] \n q: ... a:' (Frozen)
+    (of the `verdict`), on the first `vqa_images` images, in five settings:
+      vqa_acc           '<bos> [image] \n q: ... a:' (Frozen); on training images the prefix was
+                        taught this prompt by the LM reading the caption (teacher_loss), never
+                        by an answer label
       vqa_describe_acc  '<bos> [image] \n CAPTION \n q: ... a:', CAPTION the LM's own caption of
                         the image: the LM answers from what it said (describe, then answer)
       vqa_blind_acc     '<bos> \n q: ... a:', no image: what the LM's prior alone gets right
@@ -218,7 +219,16 @@ def prefix_metrics(lm, tokenizer, prefixes, scenes, support_prefixes, support_sc
     room = {kind: lm.context - with_image.shape[1] - max(query_length(tokenizer, q, a)
                                                          for _, q, a, k in asked if k == kind)
             for kind in kinds}
-    caption_room = min(room.values())
+    # With a small vocabulary (many tokens a question) or a long prefix, a kind may not fit at all
+    too_long = [kind for kind in kinds if room[kind] < 0]
+    if too_long:
+        print(f"warning: {', '.join(too_long)} questions do not fit after the image in the LM "
+              f"context of {lm.context}: not asked", file=sys.stderr)
+    kinds = [kind for kind in kinds if room[kind] >= 0]
+    asked = [question for question in asked if question[3] in kinds]
+    if not kinds:
+        return metrics
+    caption_room = min(room[kind] for kind in kinds)
     said = after_own_caption(lm, tokenizer, prefixes[:vqa_images], generated[:vqa_images],
                              caption_room)
     true_text = [torch.cat([blind, lm.token_emb(torch.tensor(

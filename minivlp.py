@@ -76,7 +76,8 @@ class AlignConfig:
     weight_decay: float = 0.05
     temperature: float = 0.07    # τ in §4.2 (initial value when learned)
     learn_temperature: bool = True
-    prefix_tokens: int = 4       # K: embeddings the image becomes ahead of the LM's text (Frozen)
+    prefix_tokens: int = 8       # K: embeddings the image becomes ahead of the LM's text (Frozen)
+    question_rows: int = 32      # images a step asked one question, taught by the LM (teacher_loss)
 
 
 def resolve_device(name):
@@ -608,6 +609,61 @@ def prefix_loss(lm, tokenizer, prefix, tokens):
                            ignore_index=IGNORE)
 
 
+# The LM as its own teacher. Read after an image's true caption, the frozen LM answers the
+# corpus's questions about the scene as well as it ever can (VQA's 'true caption' row). The
+# captioning loss alone teaches the prefix to be *restated*; whether the LM can also answer a
+# question straight from it is then left to chance, and varied with the seed. The teacher loss
+# asks a few images of each batch one corpus question and pulls the LM's answer after the image
+# towards its answer after the true caption: no answer label, only the LM reading the caption.
+
+def answer_states(hidden, first, lengths):
+    """(B, T, C) states -> (B, A, C): of row b, the lengths[b] states from first[b] on (the ones
+    that predict its answer tokens), A = max(lengths); a shorter row repeats its last state."""
+    offsets = torch.arange(max(lengths), device=hidden.device)              # (A,)
+    last = torch.tensor([f + n - 1 for f, n in zip(first, lengths)], device=hidden.device)
+    index = torch.minimum(torch.tensor(first, device=hidden.device)[:, None] + offsets,
+                          last[:, None])                                    # (B, A)
+    return hidden.gather(1, index[..., None].expand(-1, -1, hidden.shape[-1]))
+
+
+def teacher_loss(lm, tokenizer, prefix, captions, asked):
+    """KL(teacher || student) per answer token, averaged over the tokens of one answer an image.
+
+    prefix (B, K, C); captions: B caption texts; asked: B (question, answer) pairs about them.
+      teacher  '<bos> CAPTION \n q: QUESTION a: ANSWER \n', read without gradient
+      student  '<bos> [image] \n q: QUESTION a: ANSWER \n'
+    The LM reads the answer itself (teacher forcing) in both; at each position that predicts a
+    token of ' ANSWER \n', the student's next-token distribution p_s must match the teacher's p_t.
+    As in prefix_loss the gradient reaches the prefix through the frozen LM. A pair whose rows do
+    not fit the LM's context is left out (none is with the default tokenizer); 0 if none fits."""
+    P = 1 + prefix.shape[1]                                                 # <bos> and the prefix
+    heads, lines, kept = [], [], []
+    for b, (text, (question, answer)) in enumerate(zip(captions, asked)):
+        head = [tokenizer.bos_id] + tokenizer.encode(text)
+        prompt = tokenizer.encode(f"\nq: {question} a:")
+        reply = tokenizer.encode(f" {answer}") + tokenizer.encode("\n")
+        if max(len(head), P) + len(prompt) + len(reply) <= lm.context:
+            heads.append(head), lines.append((prompt, reply)), kept.append(b)
+    if not kept:
+        return prefix.new_zeros(())
+    lengths = [len(reply) for _, reply in lines]
+    with torch.no_grad():
+        rows = [head + prompt + reply for head, (prompt, reply) in zip(heads, lines)]
+        hidden = lm(pad_rows(rows, tokenizer.pad_id).to(prefix.device))      # (B', T, C)
+        first = [len(head) + len(prompt) - 1 for head, (prompt, _) in zip(heads, lines)]
+        log_p_t = F.log_softmax(lm.logits(answer_states(hidden, first, lengths)).float(), dim=-1)
+    context_emb = image_context(lm, tokenizer, prefix[kept])               # (B', P, C)
+    rows = [prompt + reply for prompt, reply in lines]
+    hidden = lm(pad_rows(rows, tokenizer.pad_id).to(prefix.device), prefix=context_emb)
+    first = [P + len(prompt) - 1 for prompt, _ in lines]                    # state before ' ANSWER'
+    log_p_s = F.log_softmax(lm.logits(answer_states(hidden, first, lengths)).float(), dim=-1)
+    # KL(p_t || p_s) = sum over the vocabulary of p_t (log p_t - log p_s), at each answer token
+    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)                     # (B', A)
+    counted = torch.arange(max(lengths), device=kl.device) < torch.tensor(lengths,
+                                                                         device=kl.device)[:, None]
+    return kl[counted].mean()
+
+
 @torch.no_grad()
 def generate(lm, context_emb, prompt, max_new_tokens, sample_temperature=0.0, generator=None,
              stop_id=None):
@@ -742,7 +798,7 @@ def batch_rows(n_rows, batch_size, seed, step, rank=0, world=1):
 
 
 def image_batches(images, rows_of_step, steps, device, workers=2):
-    """For each step: (its rows (B,), their images (B, 3, H, W) uint8), both on the device.
+    """For each step: (its rows (B,), on the host, their images (B, 3, H, W) uint8 on the device).
 
     images is a uint8 tensor in memory (indexed there), or a DecodeRows, for data sets larger
     than memory: DataLoader worker processes then read and decode each batch from disk, a few
@@ -750,8 +806,8 @@ def image_batches(images, rows_of_step, steps, device, workers=2):
     if isinstance(images, torch.Tensor):
         images = images.to(device)
         for step in steps:
-            rows = rows_of_step(step).to(device)
-            yield rows, images[rows]
+            rows = rows_of_step(step)
+            yield rows, images[rows.to(device)]
         return
     # Each step's rows go both to the loader (ahead of the loop) and to the loop: tee keeps the
     # few in between, so they are drawn once.
@@ -763,15 +819,17 @@ def image_batches(images, rows_of_step, steps, device, workers=2):
         for error in errors:  # a file that vanished or broke since training began
             if error:
                 raise ValueError(error)
-        yield rows.to(device), batch_images.to(device, non_blocking=True)
+        yield rows, batch_images.to(device, non_blocking=True)
 
 
 def align(embedder, temperature, tower, images, caption_index, captions, cfg, objective, device,
-          seed, train_lm=False, checkpoints=None, compile=False, precision="auto"):
+          seed, scenes=None, train_lm=False, checkpoints=None, compile=False, precision="auto"):
     """Train the embedder (and a learned τ) against the LM of the text tower.
 
     contrastive  InfoNCE between g(I_i) and t_i (§4.2)
-    prefix       next-token loss of caption i given the image's prefix, through the LM
+    prefix       next-token loss of caption i given the image's prefix, through the LM, plus
+                 teacher_loss on one question about the scene of each of the first
+                 cfg.question_rows images (where the N `scenes` are known: the toy worlds)
     both         the sum of the two, one trunk with two heads
 
     images (N, 3, H, W) uint8, or a DecodeRows of N rows to stream from disk (image_batches);
@@ -804,7 +862,7 @@ def align(embedder, temperature, tower, images, caption_index, captions, cfg, ob
                                                                           lm.context))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, cfg.steps))
     scaler = gradient_scaler(device, precision)
-    caption_index = caption_index.to(device)
+    asks = objective != "contrastive" and scenes is not None and cfg.question_rows > 0
     room = lm.context - 1 - embedder.prefix_shape[0]                   # after <bos> and the prefix
     tokens = caption_tokens(tokenizer, captions, room).to(device)
     history = {"loss": [], "temperature": [], "batch_R@1": []}
@@ -819,12 +877,21 @@ def align(embedder, temperature, tower, images, caption_index, captions, cfg, ob
     bar = tqdm(steps, desc=f"align ({objective})", dynamic_ncols=True, initial=first_step,
                total=cfg.steps, disable=rank > 0)
     for step, (batch, batch_images) in zip(bar, batches):
-        caption_ids = caption_index[batch]                              # (B,)
+        caption_ids = caption_index[batch].to(device)                   # (B,)
         loss = 0.0
         with autocast(device, precision):
             image_emb, prefix = model(batch_images)                     # (B, C), (B, K, C)
             if objective != "contrastive":
                 loss = prefix_loss(lm, tokenizer, prefix, tokens[caption_ids])
+            if asks:  # questions drawn on the host from the step alone, like the batch: resumable
+                rows = batch[:cfg.question_rows // world].tolist()
+                rng = np.random.default_rng((seed, 6, step, rank))
+                asked = [pick(rng, questions(scenes[row], rng))[:2] for row in rows]
+                # Weighted by the share of the batch asked: an asked image weighs what it would
+                # if all B were, and asking a few keeps the cost small (tutorials/speed.md).
+                loss = loss + teacher_loss(lm, tokenizer, prefix[:len(rows)],
+                                           [captions[caption_index[row]] for row in rows],
+                                           asked) * len(rows) / len(batch)
             if objective != "prefix" and train_lm:
                 text_batch = tower.embed_tokens(reread_ids[caption_ids], reread_weights[caption_ids])
         if objective != "prefix":  # outside autocast: the loss in float32

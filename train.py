@@ -50,7 +50,7 @@ PRETRAINED = {"locked", "finetune"}      # towers whose LM is pretrained on the 
 LEARNING = {"finetune", "scratch"}       # towers whose LM keeps learning during alignment
 
 # Every number must be positive, except these, which may also be 0.
-MAY_BE_ZERO = {"warmup_steps", "weight_decay"}
+MAY_BE_ZERO = {"warmup_steps", "weight_decay", "question_rows"}
 
 
 def number(kind, may_be_zero):
@@ -285,7 +285,7 @@ def align_stage(tokenizer, lm, train, world_cfg, lm_cfg, align_cfg, objective, t
     embedder = VisualEmbedder(world_cfg.image_size, lm_cfg.width, align_cfg.prefix_tokens)
     temperature = Temperature(align_cfg.temperature, align_cfg.learn_temperature)
     history = align(embedder, temperature, tower, train.images, train.caption_index,
-                    train.captions, align_cfg, objective, device, seed,
+                    train.captions, align_cfg, objective, device, seed, scenes=train.scenes,
                     train_lm=text_tower in LEARNING, checkpoints=checkpoints, compile=compile,
                     precision=precision)
     print(f"alignment: {align_cfg.steps} steps in {history['seconds']:.1f} s, "

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from eval import answer, bleu4, first_line, parse_caption, verdict
 from minivlp import (IGNORE, Glyph, LanguageModel, LMConfig, Scene, VisualEmbedder, caption_tokens,
                      corpus_document, freeze, generate, image_context, prefix_loss, questions,
-                     random_glyph, random_scene)
+                     random_glyph, random_scene, teacher_loss)
 from tokenizer import Tokenizer
 
 TINY = LMConfig(vocab_size=280, context=32, width=32, depth=2, heads=4)
@@ -114,6 +114,38 @@ def test_prefix_loss_ignores_padding_and_matches_a_per_token_reference(tokenizer
         total += F.cross_entropy(logits, ids[0, 1:], reduction="sum").item()
         count += ids.shape[1] - 1
     assert loss.item() == pytest.approx(total / count, abs=1e-5)
+
+
+def test_teacher_loss_matches_a_per_token_kl_of_each_row_alone(tokenizer):
+    """Reference: each row alone and unpadded, the teacher reading the caption and the student
+    reading the image, torch's kl_div at every position that predicts a token of ' ANSWER \n',
+    then the mean over those positions of the rows that fit the context (the third does not)."""
+    torch.manual_seed(0)
+    lm = freeze(LanguageModel(LMConfig(vocab_size=280, context=64, width=32, depth=2, heads=4)))
+    captions = ["a small red circle on the left", "a big blue square", "a red circle " * 12]
+    asked = [("what colour is the circle?", "red"),
+             ("is there a red square?", "i see a blue square, so no"), ("where?", "left")]
+    prefix = torch.randn(3, 2, 32, requires_grad=True)
+    loss = teacher_loss(lm, tokenizer, prefix, captions, asked)
+    context = image_context(lm, tokenizer, prefix)                      # (3, 1 + 2, C)
+    total, count = 0.0, 0
+    for row in range(2):
+        prompt = tokenizer.encode(f"\nq: {asked[row][0]} a:")
+        reply = tokenizer.encode(f" {asked[row][1]}") + tokenizer.encode("\n")
+        head = [tokenizer.bos_id] + tokenizer.encode(captions[row])
+        teacher = lm.logits(lm(torch.tensor([head + prompt + reply])))[0]
+        student = lm.logits(lm(torch.tensor([prompt + reply]), prefix=context[row:row + 1]))[0]
+        for j in range(len(reply)):                  # state before reply token j predicts it
+            log_t = F.log_softmax(teacher[len(head) + len(prompt) - 1 + j], dim=-1)
+            log_s = F.log_softmax(student[3 + len(prompt) - 1 + j], dim=-1)
+            total = total + F.kl_div(log_s, log_t, log_target=True, reduction="sum")
+            count += 1
+    assert 1 + len(tokenizer.encode(captions[2])) > 64                  # the third cannot fit
+    assert loss.item() == pytest.approx(total.item() / count, rel=1e-5)
+    loss.backward()
+    assert prefix.grad[:2].abs().sum() > 0 and torch.equal(prefix.grad[2], torch.zeros(2, 32))
+    assert all(p.grad is None for p in lm.parameters())
+    assert teacher_loss(lm, tokenizer, prefix, captions[2:], asked[2:]).item() == 0.0
 
 
 def test_image_context_puts_bos_first_and_gives_each_prefix_vector_a_token_length(tokenizer):
