@@ -435,8 +435,10 @@ def group_by_setting(runs):
     # is named by its file
     settings = [{**flat(m["run"]["config"]), "precision": m["run"].get("precision")}
                 if "config" in m.get("run", {}) else {"run": Path(path).stem} for path, m in runs]
-    seed_made = ("seed", "data_fingerprint", "device")   # the seed draws the data; not a setting
-    varying = sorted({key for s in settings for key in s if key not in seed_made
+    # Not settings: the seed (it draws the data), the device, and the file an LM was read from
+    # (--lm): that LM's settings are recorded under lm.*, as for one pretrained in the run.
+    not_settings = ("seed", "data_fingerprint", "device", "lm_checkpoint")
+    varying = sorted({key for s in settings for key in s if key not in not_settings
                       and any(o.get(key) != s.get(key) for o in settings)})
     groups = {}
     for (path, metrics), s in zip(runs, settings):

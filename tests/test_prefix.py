@@ -8,13 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from eval import answer, bleu4, first_line, parse_caption, verdict
+from eval import answer, bleu4, first_line, parse_caption, prefix_metrics, verdict
 from minivlp import (IGNORE, Glyph, LanguageModel, LMConfig, Scene, VisualEmbedder, caption_tokens,
                      corpus_document, freeze, generate, image_context, prefix_loss, questions,
                      random_glyph, random_scene, teacher_loss)
 from tokenizer import Tokenizer
 
 TINY = LMConfig(vocab_size=280, context=32, width=32, depth=2, heads=4)
+SHAPE_KINDS = ["colour", "shape", "count", "position"]       # and `exists`, the longest
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +147,26 @@ def test_teacher_loss_matches_a_per_token_kl_of_each_row_alone(tokenizer):
     assert prefix.grad[:2].abs().sum() > 0 and torch.equal(prefix.grad[2], torch.zeros(2, 32))
     assert all(p.grad is None for p in lm.parameters())
     assert teacher_loss(lm, tokenizer, prefix, captions[2:], asked[2:]).item() == 0.0
+
+
+def test_a_kind_of_question_that_cannot_fit_after_the_image_is_skipped_with_a_warning(tokenizer,
+                                                                                     capsys):
+    """A 56-token context after <bos> and 2 prefix vectors: with this small vocabulary an `exists`
+    question and its chain take more tokens than are left, every other kind fits."""
+    torch.manual_seed(0)
+    lm = freeze(LanguageModel(LMConfig(vocab_size=280, context=56, width=32, depth=1, heads=2)))
+    rng = np.random.default_rng(0)
+    scenes = [random_scene(rng, None) for _ in range(8)]
+    asked = [(q, a, kind) for scene in scenes for q, a, kind in questions(scene, rng)]
+    need = lambda kind: max(len(tokenizer.encode(f"\nq: {q} a: {a}\n"))
+                            for q, a, k in asked if k == kind)
+    assert need("exists") > 56 - 3 > max(need(kind) + 5 for kind in SHAPE_KINDS)
+    metrics = prefix_metrics(lm, tokenizer, torch.randn(8, 2, 32), scenes, torch.randn(8, 2, 32),
+                             scenes, vqa_images=8)
+    assert {key.removeprefix("vqa_acc_") for key in metrics
+            if key.startswith("vqa_acc_")} == set(SHAPE_KINDS)
+    warning = capsys.readouterr().err
+    assert "exists" in warning and len(warning.splitlines()) == 1
 
 
 def test_image_context_puts_bos_first_and_gives_each_prefix_vector_a_token_length(tokenizer):

@@ -104,34 +104,46 @@ def test_the_full_tables_of_the_results_page_are_what_compare_prints_for_the_run
     assert len(lines) > 2 and [line for line in lines if line.rstrip() not in printed] == []
 
 
-# design.md's choices table: a row's first cell names the flag; its runs, and the one setting of
-# the run's config in which they differ from the default run of the same seed, with its value
-CHOICES = {"default": ("locked", ("align", "prefix_tokens"), 4),
-           "`--prefix-tokens 2`": ("choices/k2", ("align", "prefix_tokens"), 2),
-           "`--prefix-tokens 8`": ("choices/k8", ("align", "prefix_tokens"), 8),
-           "`--prefix-tokens 16`": ("choices/k16", ("align", "prefix_tokens"), 16),
-           "`--objective prefix`": ("choices/prefix", ("objective",), "prefix"),
-           "`--objective contrastive`": ("choices/contrastive", ("objective",), "contrastive"),
-           "`--lm-depth 4`": ("choices/depth4", ("lm", "depth"), 4)}
+# design.md's choices tables, one a subsection: a row's first cell names the flag; its runs, and
+# the one setting of the run's config in which they differ from the default run of the same seed
+# (the table's first row), with its value
+CHOICES = {
+    "### Around the default": {
+        "default": ("locked", ("align", "question_rows"), 32),
+        "`--question-rows 0`": ("choices/q0", ("align", "question_rows"), 0),
+        "`--prefix-tokens 4`": ("choices/k4", ("align", "prefix_tokens"), 4),
+        "`--objective prefix`": ("choices/prefix", ("objective",), "prefix"),
+        "`--objective contrastive`": ("choices/contrastive", ("objective",), "contrastive")},
+    "### Before the teacher: K = 4, captioning alone": {
+        "default then": ("choices_k4/default", ("align", "prefix_tokens"), 4),
+        "`--prefix-tokens 2`": ("choices_k4/k2", ("align", "prefix_tokens"), 2),
+        "`--prefix-tokens 8`": ("choices_k4/k8", ("align", "prefix_tokens"), 8),
+        "`--prefix-tokens 16`": ("choices_k4/k16", ("align", "prefix_tokens"), 16),
+        "`--objective prefix`": ("choices_k4/prefix", ("objective",), "prefix"),
+        "`--objective contrastive`": ("choices_k4/contrastive", ("objective",), "contrastive"),
+        "`--lm-depth 4`": ("choices_k4/depth4", ("lm", "depth"), 4)}}
 
 
-def test_the_design_choices_table_is_the_stored_runs():
+@pytest.mark.parametrize("heading", CHOICES)
+def test_the_design_choices_tables_are_the_stored_runs(heading):
     page = (ROOT / "tutorials" / "design.md").read_text(encoding="utf-8")
-    section = page.split("## The choices, measured\n")[1]
+    section = page.split(f"{heading}\n")[1].split("\n#")[0]
+    choices = CHOICES[heading]
     rows = {}
     for line in section.splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-        if line.startswith("| ") and cells[0].split(":")[0] in CHOICES:
+        if line.startswith("| ") and cells[0].split(":")[0] in choices:
             rows[cells[0].split(":")[0]] = cells[1:]
-    assert set(rows) == set(CHOICES)
-    defaults = {m["run"]["config"]["seed"]: m["run"]["config"] for m in runs("locked")}
+    assert set(rows) == set(choices)
+    default_folder = next(iter(choices.values()))[0]
+    defaults = {m["run"]["config"]["seed"]: m["run"]["config"] for m in runs(default_folder)}
     columns = [("test", ["image_to_text_R@1"]), ("paraphrase", ["image_to_text_R@1"]),
                ("test", ["caption_exact_match"]), ("compositional", ["caption_exact_match"]),
                ("test", [f"vqa_acc_{kind}" for kind in KINDS]),
                ("test", [f"vqa_describe_acc_{kind}" for kind in KINDS]),
                ("test", [f"vqa_text_acc_{kind}" for kind in KINDS])]
     for choice, cells in rows.items():
-        folder, setting, value = CHOICES[choice]
+        folder, setting, value = choices[choice]
         stored = [m for m in runs(folder) if m["run"]["config"]["seed"] in (0, 1, 2)]
         assert [m["run"]["config"]["seed"] for m in stored] == [0, 1, 2]
         for m in stored:

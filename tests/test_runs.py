@@ -52,6 +52,19 @@ def test_compare_labels_runs_that_differ_in_precision(tmp_path, capsys):
     assert "precision=float32 (seeds 0)" in out and "precision=bfloat16 (seeds 0)" in out
 
 
+def test_compare_groups_runs_that_read_their_seeds_lm_from_a_file_with_those_that_pretrained_it(
+        tmp_path, capsys):
+    """--lm out/seedN/lm.pt reuses the LM a run of seed N pretrains: the file is where the LM came
+    from, not a setting (its settings are under lm.*), so the seeds still make one row."""
+    paths = [fake_metrics(tmp_path / f"{s}.json", s, "locked", 0.9, 0.6) for s in (0, 1, 2)]
+    for s, path in ((1, paths[1]), (2, paths[2])):
+        record = json.loads(path.read_text())
+        record["run"]["config"]["lm_checkpoint"] = f"out/seed{s}/lm.pt"
+        path.write_text(json.dumps(record))
+    evaluation.main(["--compare", *map(str, paths)])
+    assert capsys.readouterr().out.splitlines()[1].startswith("runs (seeds 0,1,2)")
+
+
 def test_compare_names_runs_without_a_configuration_by_their_files(tmp_path, capsys):
     # tutorial 8 writes evaluate's metrics with a run record of its own, without train.py's
     # configuration: such runs are not one setting, each row is its file
