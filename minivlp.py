@@ -617,12 +617,12 @@ def prefix_loss(lm, tokenizer, prefix, tokens):
 # towards its answer after the true caption: no answer label, only the LM reading the caption.
 
 def answer_states(hidden, first, lengths):
-    """(B, T, C) states -> (B, A, C): of row b, the lengths[b] states from first[b] on (the ones
-    that predict its answer tokens), A = max(lengths); a shorter row repeats its last state."""
+    """(B, T, C) states -> (B, A, C): of row b, the states from first[b] on (the first lengths[b]
+    of them predict its answer tokens), A = max(lengths); places past a row's end are clamped to
+    the last position, for the caller to leave out."""
     offsets = torch.arange(max(lengths), device=hidden.device)              # (A,)
-    last = torch.tensor([f + n - 1 for f, n in zip(first, lengths)], device=hidden.device)
-    index = torch.minimum(torch.tensor(first, device=hidden.device)[:, None] + offsets,
-                          last[:, None])                                    # (B, A)
+    index = (torch.tensor(first, device=hidden.device)[:, None] + offsets).clamp(
+        max=hidden.shape[1] - 1)                                            # (B, A)
     return hidden.gather(1, index[..., None].expand(-1, -1, hidden.shape[-1]))
 
 
@@ -643,7 +643,9 @@ def teacher_loss(lm, tokenizer, prefix, captions, asked):
         prompt = tokenizer.encode(f"\nq: {question} a:")
         reply = tokenizer.encode(f" {answer}") + tokenizer.encode("\n")
         if max(len(head), P) + len(prompt) + len(reply) <= lm.context:
-            heads.append(head), lines.append((prompt, reply)), kept.append(b)
+            heads.append(head)
+            lines.append((prompt, reply))
+            kept.append(b)
     if not kept:
         return prefix.new_zeros(())
     lengths = [len(reply) for _, reply in lines]
