@@ -28,8 +28,9 @@ from PIL import Image, ImageDraw, ImageFont
 from minivlp import (PRECISIONS, WORLDS, Glyph, LanguageModel, LMConfig, TextTower, VisualEmbedder,
                      WorldConfig, caption, embed_images, environment, freeze, generate,
                      image_context, load_checkpoint, load_image, make_eval_splits,
-                     make_support_split, pairs_split, questions, read_pairs, resolve_device,
-                     retrieval_metrics, save_json, zeroshot_accuracy, zeroshot_attributes)
+                     make_support_split, pairs_split, question_prompt, questions, read_pairs,
+                     resolve_device, retrieval_metrics, save_json, zeroshot_accuracy,
+                     zeroshot_attributes)
 from tokenizer import Tokenizer
 
 
@@ -118,7 +119,7 @@ def describe(lm, tokenizer, prefixes, sample_temperature=0.0, seed=0, batch_size
 def query_length(tokenizer, question, reference):
     """Positions the LM reads to answer `question` with the `reference` answer: the prompt and
     the answer (the newline after it is predicted from the last answer token)."""
-    return len(tokenizer.encode(f"\nq: {question} a:")) + len(tokenizer.encode(f" {reference}"))
+    return len(tokenizer.encode(question_prompt(question))) + len(tokenizer.encode(f" {reference}"))
 
 
 def verdict(text):
@@ -134,7 +135,7 @@ def answer(lm, tokenizer, contexts, question_texts, max_new_tokens=None, batch_s
 
     contexts: a list of (P, C) tensors. Prompts are batched by context and prompt length so that
     no row needs padding in front."""
-    prompts = [tokenizer.encode(f"\nq: {question} a:") for question in question_texts]
+    prompts = [tokenizer.encode(question_prompt(question)) for question in question_texts]
     newline = tokenizer.encode("\n")[-1]
     answers = [None] * len(prompts)
     by_length = {}
@@ -171,7 +172,7 @@ def solved_examples(lm, tokenizer, support_prefixes, support_scenes, kind, shots
         if not matching:
             continue
         q, a = matching[0]
-        ids = torch.tensor(tokenizer.encode(f"\nq: {q} a: {a}") + [tokenizer.eos_id],
+        ids = torch.tensor(tokenizer.encode(f"{question_prompt(q)} {a}") + [tokenizer.eos_id],
                            device=support_prefixes.device)
         piece = torch.cat([image_context(lm, tokenizer, support_prefixes[i:i + 1])[0],
                            lm.token_emb(ids)])                                     # (1 + K + L, C)

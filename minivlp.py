@@ -640,7 +640,7 @@ def teacher_loss(lm, tokenizer, prefix, captions, asked):
     heads, lines, kept = [], [], []
     for b, (text, (question, answer)) in enumerate(zip(captions, asked)):
         head = [tokenizer.bos_id] + tokenizer.encode(text)
-        prompt = tokenizer.encode(f"\nq: {question} a:")
+        prompt = tokenizer.encode(question_prompt(question))
         reply = tokenizer.encode(f" {answer}") + tokenizer.encode("\n")
         if max(len(head), P) + len(prompt) + len(reply) <= lm.context:
             heads.append(head)
@@ -1329,14 +1329,21 @@ def corpus_document(rng, dataset="shapes"):
     for _ in range(2):
         lines.append(caption(scene, first if rng.random() < 0.5
                              else random_wording(rng, world["synonyms"])))
+    document = "\n".join(lines)
     # Questions in a random order: in a fixed one (count first), the LM answered the first
     # question by its slot ('two' to 'is there a red square?'), and evaluation asks each one there.
     asked = questions(scene, rng)
     for question, answer, _ in (asked[i] for i in rng.permutation(len(asked))):
         wording = random_wording(rng, world["synonyms"])
         question = " ".join(wording.get(word, word) for word in question.split(" "))
-        lines.append(f"q: {question} a: {answer}")
-    return "\n".join(lines)
+        document += f"{question_prompt(question)} {answer}"
+    return document
+
+
+def question_prompt(question):
+    """'\nq: QUESTION a:', the line that asks the LM a question after what it has read, its answer
+    to follow. The corpus writes every question this way, so every caller asks in these words."""
+    return f"\nq: {question} a:"
 
 
 def make_corpus(n_documents, seed, dataset="shapes"):

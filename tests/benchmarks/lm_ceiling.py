@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from eval import answer, load_lm, verdict  # noqa: E402
 from minivlp import (Scene, WorldConfig, caption, load_checkpoint, make_eval_splits,  # noqa: E402
-                     questions)
+                     question_prompt, questions)
 
 
 def which_object(scene, question):
@@ -100,7 +100,7 @@ def main():
         question = f"what colour is the {shape}?"
         said = answer(lm, tokenizer, [true_caption(scene)], [question], 4)[0]
         print(f"\n'{caption(scene)} / q: {question} a:' -> '{said}'; from ':' each head reads:")
-        show_attention(*answer_attention(lm, tokenizer, f"{caption(scene)}\nq: {question} a:"))
+        show_attention(*answer_attention(lm, tokenizer, caption(scene) + question_prompt(question)))
     print(f"\n'{caption(scene)} / q': from 'q' each head of the first layer reads:")
     weights, words = answer_attention(lm, tokenizer, f"{caption(scene)}\nq")
     show_attention(weights[:1], words)
