@@ -5,6 +5,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -167,3 +168,26 @@ def test_lm_ceiling_recomputes_the_attention_weights_the_lm_uses(tokenizer):
         v = v.view(-1, attention.heads, C // attention.heads).transpose(0, 1)  # (h, T, d)
         mixed = (w[:, None] @ v)[:, 0].reshape(C)                             # (h, d) -> (C,)
         torch.testing.assert_close(attention.proj(mixed), out[0, -1], rtol=1e-5, atol=1e-6)
+
+
+def test_binding_drills_answer_from_their_own_caption():
+    """tests/benchmarks/binding_drills.py: each drill is a two-object caption and questions whose
+    answers can be read off that caption, checked here by parsing the caption's words."""
+    sys.path.insert(0, str(Path(__file__).parent / "benchmarks"))
+    from binding_drills import drill
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        caption, *lines = drill(rng).split("\n")
+        words = caption.split(" ")                 # 'a red circle above a blue square'
+        objects = [(words[1], words[2]), (words[-2], words[-1])]
+        assert caption == f"a {words[1]} {words[2]} {' '.join(words[3:-3])} a {words[-2]} {words[-1]}"
+        assert lines and all(line.startswith("q: ") for line in lines)
+        for line in lines:
+            question, answer = line[len("q: "):].split(" a: ")
+            asked = question.rstrip("?").split(" ")
+            if question.startswith("what colour is the"):
+                assert [answer] == [c for c, s in objects if s == asked[-1]]
+            elif question.startswith("what shape is the"):
+                assert [answer] == [s for c, s in objects if c == asked[-2]]
+            else:                                  # 'is there a red circle?'
+                assert answer.endswith("yes" if tuple(asked[-2:]) in objects else "no")

@@ -44,6 +44,26 @@ def which_object(scene, question):
     return "first" if scene.objects[0][index] == named else "second"
 
 
+def true_caption(lm, tokenizer, scene):
+    """The (1 + T, C) context '<bos> TRUE CAPTION'."""
+    return lm.token_emb(torch.tensor([tokenizer.bos_id] + tokenizer.encode(caption(scene))))
+
+
+@torch.no_grad()
+def answers_by_object(lm, tokenizer, scenes):
+    """{(kind, which object): [right or not, a question]} for the colour, shape and `exists`
+    questions about the scenes, answered from each scene's true caption."""
+    rng = np.random.default_rng(0)
+    asked = [(scene, q, a, kind) for scene in scenes
+             for q, a, kind in questions(scene, rng) if kind in ("colour", "shape", "exists")]
+    contexts = [true_caption(lm, tokenizer, scene) for scene, *_ in asked]
+    given = answer(lm, tokenizer, contexts, [q for _, q, _, _ in asked], 16)
+    right = {}
+    for (scene, q, a, kind), g in zip(asked, given):
+        right.setdefault((kind, which_object(scene, q)), []).append(verdict(g) == verdict(a))
+    return right
+
+
 @torch.no_grad()
 def answer_attention(lm, tokenizer, text):
     """Per layer, (heads, T) attention weights of the last position of '<bos> text' (the one that
@@ -77,28 +97,14 @@ def main():
     tokenizer, lm, _ = load_lm(checkpoint, torch.device("cpu"))
     config = checkpoint["config"]
     scenes = make_eval_splits(WorldConfig(**config["world"]), config["seed"])["test"].scenes
-    rng = np.random.default_rng(0)
-    asked = [(scene, q, a, kind) for scene in scenes[:args.images]
-             for q, a, kind in questions(scene, rng) if kind in ("colour", "shape", "exists")]
-    bos = lm.token_emb.weight[tokenizer.bos_id][None]                  # (1, C)
-
-    def true_caption(scene):
-        """The (1 + T, C) context '<bos> TRUE CAPTION'."""
-        return torch.cat([bos, lm.token_emb(torch.tensor(tokenizer.encode(caption(scene))))])
-
-    contexts = [true_caption(scene) for scene, *_ in asked]
-    given = answer(lm, tokenizer, contexts, [q for _, q, _, _ in asked], 16)
-    right = {}
-    for (scene, q, a, kind), g in zip(asked, given):
-        right.setdefault((kind, which_object(scene, q)), []).append(verdict(g) == verdict(a))
     print(f"seed {config['seed']}: answers from the true caption, {args.images} test scenes")
-    for (kind, where), hits in sorted(right.items()):
+    for (kind, where), hits in sorted(answers_by_object(lm, tokenizer, scenes[:args.images]).items()):
         print(f"  {kind:<7} {where:<11} {np.mean(hits):.3f}  ({len(hits)} questions)")
 
     scene = Scene((("green", "triangle"), ("red", "circle")), "", "above")
     for shape in ("triangle", "circle"):
         question = f"what colour is the {shape}?"
-        said = answer(lm, tokenizer, [true_caption(scene)], [question], 4)[0]
+        said = answer(lm, tokenizer, [true_caption(lm, tokenizer, scene)], [question], 4)[0]
         print(f"\n'{caption(scene)} / q: {question} a:' -> '{said}'; from ':' each head reads:")
         show_attention(*answer_attention(lm, tokenizer, caption(scene) + question_prompt(question)))
     print(f"\n'{caption(scene)} / q': from 'q' each head of the first layer reads:")
