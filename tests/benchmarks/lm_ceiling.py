@@ -51,8 +51,8 @@ def true_caption(lm, tokenizer, scene):
 
 @torch.no_grad()
 def answers_by_object(lm, tokenizer, scenes):
-    """{(kind, which object): [right or not, a question]} for the colour, shape and `exists`
-    questions about the scenes, answered from each scene's true caption."""
+    """{(kind, which object): [True where the answer was right, one entry a question]} for the
+    colour, shape and `exists` questions about the scenes, answered from each true caption."""
     rng = np.random.default_rng(0)
     asked = [(scene, q, a, kind) for scene in scenes
              for q, a, kind in questions(scene, rng) if kind in ("colour", "shape", "exists")]
@@ -98,7 +98,8 @@ def main():
     config = checkpoint["config"]
     scenes = make_eval_splits(WorldConfig(**config["world"]), config["seed"])["test"].scenes
     print(f"seed {config['seed']}: answers from the true caption, {args.images} test scenes")
-    for (kind, where), hits in sorted(answers_by_object(lm, tokenizer, scenes[:args.images]).items()):
+    right = answers_by_object(lm, tokenizer, scenes[:args.images])
+    for (kind, where), hits in sorted(right.items()):
         print(f"  {kind:<7} {where:<11} {np.mean(hits):.3f}  ({len(hits)} questions)")
 
     scene = Scene((("green", "triangle"), ("red", "circle")), "", "above")
