@@ -191,3 +191,23 @@ def test_binding_drills_answer_from_their_own_caption():
                 assert [answer] == [s for c, s in objects if c == asked[-2]]
             else:                                  # 'is there a red circle?'
                 assert answer.endswith("yes" if tuple(asked[-2:]) in objects else "no")
+
+
+def test_lookup_forms_ask_the_colour_of_the_named_shape():
+    """tests/benchmarks/lookup_direction.py: in every form the answer is the colour that the
+    caption gives the shape asked about, before it ('question', 'before') or after it ('after'),
+    checked by parsing the caption's words."""
+    sys.path.insert(0, str(Path(__file__).parent / "benchmarks"))
+    from lookup_direction import lookup
+    rng = np.random.default_rng(0)
+    for form in ("question", "before", "after"):
+        for _ in range(100):
+            prompt, answer = lookup(rng, form)
+            caption, asked = prompt.split("\n")
+            words = caption.split(" ")                 # 'a red circle above a blue square'
+            pairs = [(words[1], words[2]), (words[-2], words[-1])]
+            if form == "after":                        # 'a circle red above a square blue'
+                pairs = [(second, first) for first, second in pairs]
+            shape = asked.rstrip("? a:").split(" ")[-1]
+            assert [answer] == [f" {colour}" for colour, s in pairs if s == shape]
+            assert asked == (f"q: what colour is the {shape}? a:" if form == "question" else f"q: {shape}")
