@@ -407,8 +407,8 @@ def text_features(lm, tokenizer, texts, device, batch_size=512):
     restatement picks 'red' or 'crimson' at random. On the first reading the LM cannot know what
     comes next, and its states hold little beyond the grammar (tutorials/04_text_tower.ipynb and
     tests/benchmarks/text_features.py compare the poolings). Padding sits on the right, where
-    causal attention keeps it from touching the real tokens. Computed once per caption, so in float32 (no autocast): the
-    targets the embedder is trained toward carry no bf16 rounding."""
+    causal attention keeps it from touching the real tokens. Computed once per caption, so in
+    float32 (no autocast): the targets the embedder is trained toward carry no bf16 rounding."""
     ids, weights = reread_tokens(tokenizer, texts, lm.context)          # (M, T), (M, T)
     features = []
     for i in range(0, len(texts), batch_size):
