@@ -85,6 +85,7 @@ class TorchReference(nn.Module):
 
 
 def with_unit_embeddings(cfg):
+    """LanguageModel with its token and position embeddings redrawn N(0, 1), torch's default."""
     lm = LanguageModel(cfg)
     nn.init.normal_(lm.token_emb.weight, std=1.0)
     nn.init.normal_(lm.pos_emb.weight, std=1.0)
@@ -95,18 +96,23 @@ MODELS = {"LanguageModel": LanguageModel, "LanguageModel, embeddings N(0, 1)": w
           "torch TransformerEncoder": TorchReference}
 
 
+def answer_logits(model, ids, at):
+    """(B, V): each row's logits at the position before its answer, the one that predicts it."""
+    return model.logits(model(ids[:, :-1]))[torch.arange(len(ids)), at - 1]
+
+
 def train(model, tokenizer, form, cfg, args):
-    """Answer-only cross-entropy, AdamW as in pretraining; prints held-out accuracy as it goes."""
+    """Answer-only cross-entropy, AdamW as in pretraining; the held-out accuracy every 200 steps."""
     rng = np.random.default_rng(1)
     held_ids, held_at = batch(tokenizer, np.random.default_rng(2), form, 500)
+    held_answers = held_ids[torch.arange(len(held_ids)), held_at]             # (500,)
     optimizer = adamw(model.parameters(), args.lr, cfg.weight_decay, torch.device("cpu"))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, args.steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer,
+                                                 warmup_cosine(cfg.warmup_steps, args.steps))
     accuracies = []
     for step in range(1, args.steps + 1):
         ids, at = batch(tokenizer, rng, form, args.batch_size)
-        rows = torch.arange(len(ids))
-        logits = model.logits(model(ids[:, :-1]))[rows, at - 1]           # (B, V): predicts the answer
-        loss = F.cross_entropy(logits, ids[rows, at])
+        loss = F.cross_entropy(answer_logits(model, ids, at), ids[torch.arange(len(ids)), at])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -114,9 +120,8 @@ def train(model, tokenizer, form, cfg, args):
         schedule.step()
         if step % 200 == 0:
             with torch.no_grad():
-                rows = torch.arange(len(held_ids))
-                guess = model.logits(model(held_ids[:, :-1]))[rows, held_at - 1].argmax(-1)
-            accuracies.append(float((guess == held_ids[rows, held_at]).float().mean()))
+                guess = answer_logits(model, held_ids, held_at).argmax(-1)  # (500,)
+            accuracies.append(float((guess == held_answers).float().mean()))
     return accuracies
 
 
@@ -128,7 +133,8 @@ def main():
     parser.add_argument("--lr", type=float, default=1e-3)
     args = parser.parse_args()
     tokenizer, _, cfg = load_lm(load_checkpoint(args.ckpt), torch.device("cpu"))
-    print(f"held-out accuracy every 200 steps, {args.steps} steps of {args.batch_size}, lr {args.lr}")
+    print(f"held-out accuracy every 200 steps, {args.steps} steps of {args.batch_size}, "
+          f"lr {args.lr}")
     for form in ("question", "before", "after"):
         for name, build in MODELS.items():
             torch.manual_seed(0)
