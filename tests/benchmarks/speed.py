@@ -1,10 +1,10 @@
 """Where the time goes, measured on this machine (nothing is changed by running it).
 
-    python tests/benchmarks/speed.py [--precision auto|float32|bf16]
+    python tests/benchmarks/speed.py [--device auto|cpu|cuda] [--precision auto|float32|bf16|fp16]
 
-1. The limit: matmul throughput (FLOP/s) of this machine, measured here, in the precision the
-   training steps below compute in (train.py's --precision: auto takes bf16 where this CPU
-   computes it natively, float32 elsewhere).
+1. The limit: matmul throughput (FLOP/s) of this machine's device, measured here, in the precision
+   the training steps below compute in (train.py's --device and --precision: auto takes bf16 where
+   the hardware computes it natively, fp16 on older GPUs, float32 on other CPUs).
 2. Model FLOPs utilisation of LM pretraining and of alignment: FLOPs per step counted from the
    model's shapes (a forward matmul of (m, k) x (k, n) is 2mkn FLOPs, backward twice that),
    divided by the measured time per step, divided by the limit of the same precision.
@@ -14,7 +14,10 @@
    (d) generating captions with generate's key-value cache against re-reading the whole row for
    every new token.
 4. Two choices: the embedder's channels-last layout against the default one, and --compile
-   (torch.compile) against eager training steps, with the time compiling takes.
+   (torch.compile) against eager training steps, with the time compiling takes; on CUDA also
+   torch.compile's "reduce-overhead" mode, which replays each step as one CUDA graph.
+5. The alignment step against the batch size N: where a step is bound by launching work rather
+   than by arithmetic (small models on a GPU), images/s grow with N.
 """
 
 import argparse
@@ -28,24 +31,28 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from minivlp import (AlignConfig, CausalSelfAttention, LanguageModel, LMConfig,  # noqa: E402
                      VisualEmbedder, WorldConfig, adamw, autocast, compute_dtype, generate,
-                     info_nce, reread_tokens, reread_features)
+                     gradient_scaler, info_nce, reread_tokens, reread_features, resolve_device)
 from tokenizer import Tokenizer  # noqa: E402
 
 
 def seconds(work, repeat=10, warmup=2):
-    """Median wall time of one call of work()."""
+    """Median wall time of one call of work(). CUDA runs work asynchronously: wait for the device
+    before reading the clock."""
+    wait = torch.cuda.synchronize if torch.cuda.is_available() else lambda: None
     for _ in range(warmup):
         work()
     times = []
     for _ in range(repeat):
+        wait()
         start = time.perf_counter()
         work()
+        wait()
         times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
 
 
-def matmul_limit(dtype, n=1024):
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def matmul_limit(dtype, device, n=1024):
+    a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
     return 2 * n ** 3 / seconds(lambda: a @ b, repeat=20)
 
 
@@ -69,7 +76,8 @@ def embedder_step_flops(embedder, batch_size, image_size):
             total[0] += 2 * output.numel() * module.in_features
 
     hooks = [m.register_forward_hook(count) for m in embedder.modules()]
-    embedder(torch.zeros(batch_size, 3, image_size, image_size, dtype=torch.uint8))
+    device = next(embedder.parameters()).device
+    embedder(torch.zeros(batch_size, 3, image_size, image_size, dtype=torch.uint8, device=device))
     for hook in hooks:
         hook.remove()
     return 3 * total[0]
@@ -77,44 +85,56 @@ def embedder_step_flops(embedder, batch_size, image_size):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--precision", choices=["auto", "float32", "bf16"], default="auto")
-    precision = parser.parse_args().precision
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--precision", choices=["auto", "float32", "bf16", "fp16"], default="auto")
+    args = parser.parse_args()
+    try:
+        device, precision = resolve_device(args.device), args.precision
+    except ValueError as error:  # --device cuda on a machine without one
+        parser.error(str(error))
     torch.manual_seed(0)
-    cpu = torch.device("cpu")
-    dtype = compute_dtype(cpu, precision)
-    limit = matmul_limit(dtype)
-    print(f"1. this machine: {str(dtype).removeprefix('torch.')} matmul {limit / 1e9:.1f} GFLOP/s "
-          f"({torch.get_num_threads()} threads); the training steps below compute in it")
+    dtype = compute_dtype(device, precision)
+    limit = matmul_limit(dtype, device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"CPU, {torch.get_num_threads()} threads"
+    print(f"1. this machine ({where}): {str(dtype).removeprefix('torch.')} matmul "
+          f"{limit / 1e9:.1f} GFLOP/s; the training steps below compute in it")
 
     cfg = LMConfig()
-    lm = LanguageModel(cfg)
-    optimizer = adamw(lm.parameters(), cfg.lr, cfg.weight_decay, cpu)
-    ids = torch.randint(0, cfg.vocab_size, (cfg.batch_size, cfg.context + 1))
+    lm = LanguageModel(cfg).to(device)
+    optimizer = adamw(lm.parameters(), cfg.lr, cfg.weight_decay, device)
+    scaler = gradient_scaler(device, precision)  # on only for fp16, as in training
+    ids = torch.randint(0, cfg.vocab_size, (cfg.batch_size, cfg.context + 1), device=device)
+
+    def train_step(loss, optimizer):
+        optimizer.zero_grad()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
 
     def lm_step(model=lm, optimizer=optimizer):  # binds this optimizer: the name is reused below
-        with autocast(cpu, precision):
+        with autocast(device, precision):
             logits = lm.logits(model(ids[:, :-1]))
-        loss = F.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        train_step(F.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten()), optimizer)
 
     t_lm = t = seconds(lm_step)
     print(f"2. LM pretraining: {t * 1e3:.1f} ms/step, {cfg.batch_size * cfg.context / t:,.0f} tokens/s, "
           f"model FLOPs utilisation {lm_step_flops(cfg) / t / limit:.1%}")
     align_cfg, world_cfg = AlignConfig(), WorldConfig()
-    embedder = VisualEmbedder(world_cfg.image_size, cfg.width, align_cfg.prefix_tokens)
-    optimizer = adamw(embedder.parameters(), align_cfg.lr, align_cfg.weight_decay, cpu)
-    images = torch.randint(0, 256, (align_cfg.batch_size, 3, 32, 32), dtype=torch.uint8)
-    text_emb = torch.randn(align_cfg.batch_size, cfg.width)
+    embedder = VisualEmbedder(world_cfg.image_size, cfg.width, align_cfg.prefix_tokens).to(device)
+    optimizer = adamw(embedder.parameters(), align_cfg.lr, align_cfg.weight_decay, device)
 
-    def align_step(model=embedder, optimizer=optimizer):
-        with autocast(cpu, precision):
+    def batch(n):
+        """n random images and n caption vectors, on the device."""
+        return (torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, device=device),
+                torch.randn(n, cfg.width, device=device))
+
+    images, text_emb = batch(align_cfg.batch_size)
+
+    def align_step(model=embedder, optimizer=optimizer, images=images, text_emb=text_emb):
+        with autocast(device, precision):
             image_emb, _ = model(images)
-        loss = info_nce(image_emb.float(), text_emb, 0.07)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        train_step(info_nce(image_emb.float(), text_emb, 0.07), optimizer)
 
     t_align = t = seconds(align_step)
     flops = embedder_step_flops(embedder, align_cfg.batch_size, 32)
@@ -123,12 +143,13 @@ def main():
 
     # (a) what freezing saves: a cached row lookup against the frozen LM run on the batch's captions
     tokenizer = Tokenizer.train("a small red circle on the left\na blue square above a red cross\n" * 50, 290)
-    frozen_lm = LanguageModel(LMConfig(vocab_size=290)).eval().requires_grad_(False)
+    frozen_lm = LanguageModel(LMConfig(vocab_size=290)).to(device).eval().requires_grad_(False)
     captions = ["a small red circle on the left", "a blue square above a red cross"] * (align_cfg.batch_size // 2)
-    ids, weights = reread_tokens(tokenizer, captions, frozen_lm.context)
-    cache = torch.randn(2000, cfg.width)
-    rows = torch.randint(0, 2000, (align_cfg.batch_size,))
-    recompute = seconds(lambda: reread_features(frozen_lm, ids, weights))
+    caption_ids, weights = (tensor.to(device)
+                            for tensor in reread_tokens(tokenizer, captions, frozen_lm.context))
+    cache = torch.randn(2000, cfg.width, device=device)
+    rows = torch.randint(0, 2000, (align_cfg.batch_size,), device=device)
+    recompute = seconds(lambda: reread_features(frozen_lm, caption_ids, weights))
     lookup = seconds(lambda: cache[rows])
     print(f"3a. text embeddings for a batch of {align_cfg.batch_size}: through the frozen LM "
           f"{recompute * 1e3:.1f} ms, from the cache {lookup * 1e3:.3f} ms "
@@ -136,9 +157,9 @@ def main():
 
     # (b) info_nce against F.cross_entropy, forward + backward
     for n in (256, 1024, 4096):
-        v = torch.randn(n, cfg.width, requires_grad=True)
-        w = torch.randn(n, cfg.width)
-        labels = torch.arange(n)
+        v = torch.randn(n, cfg.width, device=device, requires_grad=True)
+        w = torch.randn(n, cfg.width, device=device)
+        labels = torch.arange(n, device=device)
 
         def by_hand():
             info_nce(v, w, 0.07).backward()
@@ -155,8 +176,8 @@ def main():
               f"(ratio {a / b:.2f}), |difference| {difference:.1e}")
 
     # (c) attention written out against F.scaled_dot_product_attention
-    attention = CausalSelfAttention(cfg.width, cfg.heads, cfg.context)
-    x = torch.randn(cfg.batch_size, cfg.context, cfg.width)
+    attention = CausalSelfAttention(cfg.width, cfg.heads, cfg.context).to(device)
+    x = torch.randn(cfg.batch_size, cfg.context, cfg.width, device=device)
     B, T, C = x.shape
 
     def fused():
@@ -173,9 +194,9 @@ def main():
           f"max |difference| {difference:.1e}")
 
     # (d) captions generated with the key-value cache against re-reading the row every token
-    frozen_lm = LanguageModel(cfg).eval().requires_grad_(False)
-    context_emb = torch.randn(500, 1 + align_cfg.prefix_tokens, cfg.width)
-    prompt = torch.randint(0, cfg.vocab_size, (500, 1))
+    frozen_lm = LanguageModel(cfg).to(device).eval().requires_grad_(False)
+    context_emb = torch.randn(500, 1 + align_cfg.prefix_tokens, cfg.width, device=device)
+    prompt = torch.randint(0, cfg.vocab_size, (500, 1), device=device)
 
     @torch.no_grad()
     def reread(new_tokens=20):
@@ -191,22 +212,29 @@ def main():
 
     # 4. the embedder's layout, then torch.compile of each model (its first steps compile it)
     default_layout = VisualEmbedder(world_cfg.image_size, cfg.width, align_cfg.prefix_tokens)
-    default_layout.to(memory_format=torch.contiguous_format)
-    default_optimizer = adamw(default_layout.parameters(), align_cfg.lr, align_cfg.weight_decay, cpu)
+    default_layout.to(device, memory_format=torch.contiguous_format)
+    default_optimizer = adamw(default_layout.parameters(), align_cfg.lr, align_cfg.weight_decay,
+                              device)
     t = seconds(lambda: align_step(default_layout, default_optimizer))
     print(f"4a. alignment step: channels-last embedder {t_align * 1e3:.1f} ms, "
           f"default layout {t * 1e3:.1f} ms")
+    # "reduce-overhead" records each step as a CUDA graph and replays it: one launch, not hundreds
+    modes = ["default", "reduce-overhead"] if device.type == "cuda" else ["default"]
     for name, eager, step in (("LM pretraining", t_lm, lambda model: lm_step(model)),
                               ("alignment", t_align, lambda model: align_step(model))):
-        model = torch.compile(lm if name == "LM pretraining" else embedder)
-        start = time.perf_counter()
-        step(model)
-        step(model)
-        compiling = time.perf_counter() - start
-        compiled = seconds(lambda: step(model))
-        print(f"4b. {name} step: eager {eager * 1e3:.1f} ms, compiled {compiled * 1e3:.1f} ms "
-              f"(after {compiling:.0f} s of compiling)")
+        for mode in modes:
+            model = torch.compile(lm if name == "LM pretraining" else embedder, mode=mode)
+            compiling = seconds(lambda: [step(model) for _ in range(2)], repeat=1, warmup=0)
+            compiled = seconds(lambda: step(model))
+            print(f"4b. {name} step: eager {eager * 1e3:.1f} ms, compiled ({mode}) "
+                  f"{compiled * 1e3:.1f} ms (after {compiling:.0f} s of compiling)")
 
+    # 5. the alignment step against N: what a larger batch buys where launches, not FLOPs, bound it
+    for n in (256, 512, 1024, 2048):
+        images, text_emb = batch(n)
+        t = seconds(lambda: align_step(images=images, text_emb=text_emb), repeat=5)
+        print(f"5. alignment (InfoNCE only), N = {n:>4}: {t * 1e3:7.1f} ms/step, "
+              f"{n / t:9,.0f} images/s")
 
 if __name__ == "__main__":
     main()
