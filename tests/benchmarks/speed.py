@@ -38,7 +38,7 @@ from tokenizer import Tokenizer  # noqa: E402
 def seconds(work, repeat=10, warmup=2):
     """Median wall time of one call of work(). CUDA runs work asynchronously: wait for the device
     before reading the clock."""
-    wait = torch.cuda.synchronize if torch.cuda.is_available() else lambda: None
+    wait = torch.cuda.synchronize if torch.cuda.is_initialized() else lambda: None
     for _ in range(warmup):
         work()
     times = []
@@ -51,9 +51,11 @@ def seconds(work, repeat=10, warmup=2):
     return sorted(times)[len(times) // 2]
 
 
-def matmul_limit(dtype, device, n=1024):
+def matmul_limit(dtype, device, products=10):
+    """FLOP/s of square matmuls, several a timing so that a GPU's launch and wait don't count."""
+    n = 4096 if device.type == "cuda" else 1024
     a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
-    return 2 * n ** 3 / seconds(lambda: a @ b, repeat=20)
+    return products * 2 * n ** 3 / seconds(lambda: [a @ b for _ in range(products)], repeat=10)
 
 
 def lm_step_flops(cfg):
@@ -103,48 +105,59 @@ def main():
     cfg = LMConfig()
     lm = LanguageModel(cfg).to(device)
     optimizer = adamw(lm.parameters(), cfg.lr, cfg.weight_decay, device)
-    scaler = gradient_scaler(device, precision)  # on only for fp16, as in training
     ids = torch.randint(0, cfg.vocab_size, (cfg.batch_size, cfg.context + 1), device=device)
 
-    def train_step(loss, optimizer):
+    def train_step(loss, optimizer, scaler, clip=None):
+        """One update as training makes it; the scaler is on only for fp16, one a model."""
         optimizer.zero_grad()
         scaler.scale(loss).backward()
+        if clip is not None:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(clip, cfg.grad_clip)
         scaler.step(optimizer)
         scaler.update()
+
+    lm_scaler = gradient_scaler(device, precision)
 
     def lm_step(model=lm, optimizer=optimizer):  # binds this optimizer: the name is reused below
         with autocast(device, precision):
             logits = lm.logits(model(ids[:, :-1]))
-        train_step(F.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten()), optimizer)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten())
+        train_step(loss, optimizer, lm_scaler, clip=lm.parameters())
 
     t_lm = t = seconds(lm_step)
-    print(f"2. LM pretraining: {t * 1e3:.1f} ms/step, {cfg.batch_size * cfg.context / t:,.0f} tokens/s, "
+    print(f"2. LM pretraining: {t * 1e3:.1f} ms/step, "
+          f"{cfg.batch_size * cfg.context / t:,.0f} tokens/s, "
           f"model FLOPs utilisation {lm_step_flops(cfg) / t / limit:.1%}")
     align_cfg, world_cfg = AlignConfig(), WorldConfig()
     embedder = VisualEmbedder(world_cfg.image_size, cfg.width, align_cfg.prefix_tokens).to(device)
     optimizer = adamw(embedder.parameters(), align_cfg.lr, align_cfg.weight_decay, device)
+    size = world_cfg.image_size
 
     def batch(n):
         """n random images and n caption vectors, on the device."""
-        return (torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, device=device),
+        return (torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, device=device),
                 torch.randn(n, cfg.width, device=device))
 
     images, text_emb = batch(align_cfg.batch_size)
 
-    def align_step(model=embedder, optimizer=optimizer, images=images, text_emb=text_emb):
+    def align_step(model=embedder, optimizer=optimizer, scaler=gradient_scaler(device, precision),
+                   images=images, text_emb=text_emb):
         with autocast(device, precision):
             image_emb, _ = model(images)
-        train_step(info_nce(image_emb.float(), text_emb, 0.07), optimizer)
+        train_step(info_nce(image_emb.float(), text_emb, 0.07), optimizer, scaler)
 
-    t_align = t = seconds(align_step)
-    flops = embedder_step_flops(embedder, align_cfg.batch_size, 32)
-    print(f"   alignment (InfoNCE only): {t * 1e3:.1f} ms/step, {align_cfg.batch_size / t:,.0f} images/s, "
+    t = seconds(align_step)
+    flops = embedder_step_flops(embedder, align_cfg.batch_size, size)
+    print(f"   alignment (InfoNCE only): {t * 1e3:.1f} ms/step, "
+          f"{align_cfg.batch_size / t:,.0f} images/s, "
           f"model FLOPs utilisation {flops / t / limit:.1%}")
 
     # (a) what freezing saves: a cached row lookup against the frozen LM run on the batch's captions
-    tokenizer = Tokenizer.train("a small red circle on the left\na blue square above a red cross\n" * 50, 290)
+    two_captions = ["a small red circle on the left", "a blue square above a red cross"]
+    tokenizer = Tokenizer.train("".join(c + "\n" for c in two_captions) * 50, 290)
     frozen_lm = LanguageModel(LMConfig(vocab_size=290)).to(device).eval().requires_grad_(False)
-    captions = ["a small red circle on the left", "a blue square above a red cross"] * (align_cfg.batch_size // 2)
+    captions = two_captions * (align_cfg.batch_size // 2)
     caption_ids, weights = (tensor.to(device)
                             for tensor in reread_tokens(tokenizer, captions, frozen_lm.context))
     cache = torch.randn(2000, cfg.width, device=device)
@@ -210,22 +223,29 @@ def main():
     print(f"3d. 500 captions of 20 tokens: with the cache {cached * 1e3:.0f} ms, re-reading the "
           f"row {reread_time * 1e3:.0f} ms ({reread_time / cached:.1f}x)")
 
-    # 4. the embedder's layout, then torch.compile of each model (its first steps compile it)
+    # 4. the embedder's layout, then torch.compile of each model (its first steps compile it).
+    # Each pair is timed one right after the other, so that a load that comes and goes on a shared
+    # machine weighs on both alike.
     default_layout = VisualEmbedder(world_cfg.image_size, cfg.width, align_cfg.prefix_tokens)
     default_layout.to(device, memory_format=torch.contiguous_format)
     default_optimizer = adamw(default_layout.parameters(), align_cfg.lr, align_cfg.weight_decay,
                               device)
-    t = seconds(lambda: align_step(default_layout, default_optimizer))
-    print(f"4a. alignment step: channels-last embedder {t_align * 1e3:.1f} ms, "
+    default_scaler = gradient_scaler(device, precision)
+    channels_last = seconds(align_step)
+    t = seconds(lambda: align_step(default_layout, default_optimizer, default_scaler))
+    print(f"4a. alignment step: channels-last embedder {channels_last * 1e3:.1f} ms, "
           f"default layout {t * 1e3:.1f} ms")
-    # "reduce-overhead" records each step as a CUDA graph and replays it: one launch, not hundreds
+    # "reduce-overhead" records the model's forward and backward as CUDA graphs and replays them:
+    # a few launches a step instead of hundreds (the loss and the optimizer stay as they are)
     modes = ["default", "reduce-overhead"] if device.type == "cuda" else ["default"]
-    for name, eager, step in (("LM pretraining", t_lm, lambda model: lm_step(model)),
-                              ("alignment", t_align, lambda model: align_step(model))):
+    for name, model, step in (("LM pretraining", lm, lambda model: lm_step(model)),
+                              ("alignment", embedder, lambda model: align_step(model))):
         for mode in modes:
-            model = torch.compile(lm if name == "LM pretraining" else embedder, mode=mode)
-            compiling = seconds(lambda: [step(model) for _ in range(2)], repeat=1, warmup=0)
-            compiled = seconds(lambda: step(model))
+            torch._dynamo.reset()  # compile afresh: no graphs kept from the mode before
+            compiled_model = torch.compile(model, mode=mode)
+            compiling = seconds(lambda: [step(compiled_model) for _ in range(2)], repeat=1,
+                                warmup=0)
+            eager, compiled = seconds(lambda: step(model)), seconds(lambda: step(compiled_model))
             print(f"4b. {name} step: eager {eager * 1e3:.1f} ms, compiled ({mode}) "
                   f"{compiled * 1e3:.1f} ms (after {compiling:.0f} s of compiling)")
 
@@ -235,6 +255,7 @@ def main():
         t = seconds(lambda: align_step(images=images, text_emb=text_emb), repeat=5)
         print(f"5. alignment (InfoNCE only), N = {n:>4}: {t * 1e3:7.1f} ms/step, "
               f"{n / t:9,.0f} images/s")
+
 
 if __name__ == "__main__":
     main()
