@@ -12,9 +12,9 @@ answering through the frozen LM (prefix head), with the same LM answering blind 
 """
 
 import argparse
-import fnmatch
 import json
 import math
+import re
 import sys
 import textwrap
 from collections import Counter
@@ -28,9 +28,9 @@ from PIL import Image, ImageDraw, ImageFont
 from minivlp import (PRECISIONS, WORLDS, Glyph, LanguageModel, LMConfig, TextTower, VisualEmbedder,
                      WorldConfig, caption, embed_images, environment, freeze, generate,
                      image_context, load_checkpoint, load_image, make_eval_splits,
-                     make_support_split, pairs_split, question_prompt, questions, read_pairs,
-                     resolve_device, retrieval_metrics, save_json, zeroshot_accuracy,
-                     zeroshot_attributes)
+                     make_support_split, object_questions, pairs_split, question_prompt,
+                     questions, read_pairs, resolve_device, retrieval_metrics, save_json,
+                     zeroshot_accuracy, zeroshot_attributes)
 from tokenizer import Tokenizer
 
 
@@ -168,7 +168,9 @@ def solved_examples(lm, tokenizer, support_prefixes, support_scenes, kind, shots
     for i in rng.permutation(len(support_scenes)):
         if len(pieces) == shots:
             break
-        matching = [(q, a) for q, a, k in questions(support_scenes[i], rng) if k == kind]
+        scene = support_scenes[i]
+        matching = [(q, a) for q, a, k in questions(scene, rng) + object_questions(scene)
+                    if k == kind]
         if not matching:
             continue
         q, a = matching[0]
@@ -212,6 +214,10 @@ def prefix_metrics(lm, tokenizer, prefixes, scenes, support_prefixes, support_sc
     rng = np.random.default_rng(seed)
     asked = [(i, q, a, kind) for i, scene in enumerate(scenes[:vqa_images])
              for q, a, kind in questions(scene, rng)]
+    # Two-object scenes asked about each object by name, and about an absent combination: an
+    # average over every scene would hide an LM that answers by position (object_questions)
+    asked += [(i, q, a, kind) for i, scene in enumerate(scenes[:vqa_images])
+              for q, a, kind in object_questions(scene)]
     kinds = sorted({kind for *_, kind in asked})
     with_image = image_context(lm, tokenizer, prefixes)                        # (N, 1 + K, C)
     blind = lm.token_emb.weight[tokenizer.bos_id][None]                        # (1, C): <bos> only
@@ -341,6 +347,8 @@ CAPTION_COLUMNS = [("exact", "caption_exact_match"), ("BLEU-4", "caption_bleu4")
                    ("relation", "caption_acc_relation"), ("letter", "caption_acc_letter"),
                    ("background", "caption_acc_background")]
 VQA_KINDS = ["colour", "shape", "count", "position", "letter", "background", "size", "exists"]
+OBJECT_KINDS = [f"{kind}_{which}" for kind in ("colour", "shape", "exists")
+                for which in ("first", "second")] + ["exists_absent"]
 
 
 def cell(value):
@@ -379,6 +387,12 @@ def format_table(results):
                 for name, metrics in results.items() if "vqa_acc_colour" in metrics
                 for setting, prefix in settings.items()]
     text += table("VQA accuracy", [(kind, kind) for kind in VQA_KINDS], vqa_rows)
+    object_rows = [(f"{name} {setting}", {kind: metrics[f"{prefix}_{kind}"] for kind in OBJECT_KINDS
+                                           if f"{prefix}_{kind}" in metrics})
+                   for name, metrics in results.items() if "vqa_acc_colour_first" in metrics
+                   for setting, prefix in settings.items()]
+    text += table("VQA, two objects", [(kind.replace("_", " "), kind) for kind in OBJECT_KINDS],
+                  object_rows)
     return text.rstrip("\n")
 
 
@@ -400,11 +414,13 @@ COMPARE_COLUMNS = [
 
 
 def lookup(metrics, section, key):
-    """metrics[section][key]; a key with * is the mean over the keys it matches (a KeyError if
-    none: a run without that head)."""
+    """metrics[section][key]; a key with * is the mean over the keys it matches, * standing for
+    one word (so 'vqa_acc_*' is the question kinds, not their split by object, 'vqa_acc_colour_
+    first'); a KeyError if none: a run without that head."""
     if "*" not in key:
         return metrics[section][key]
-    values = [value for name, value in metrics[section].items() if fnmatch.fnmatchcase(name, key)]
+    pattern = re.compile(re.escape(key).replace(r"\*", "[a-z]+"))
+    values = [value for name, value in metrics[section].items() if pattern.fullmatch(name)]
     if not values:
         raise KeyError(key)
     return sum(values) / len(values)

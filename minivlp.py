@@ -21,6 +21,7 @@ import json
 import math
 import os
 import platform
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,8 @@ class LMConfig:
     warmup_steps: int = 40
     weight_decay: float = 0.1
     grad_clip: float = 1.0
+    taps: int = 4                # positions each query, key and value is mixed from (Part 2)
+    reading_steps: int = 400     # first steps on the reading drills alone (Part 9: copying forms)
 
 
 @dataclass
@@ -131,28 +134,57 @@ def gradient_scaler(device, precision="auto"):
 # ------------------------------------------------------------------------------------------------
 
 class CausalSelfAttention(nn.Module):
-    """softmax(Q K^T / sqrt(d) + causal mask) V, written out step by step."""
+    """softmax(Q K^T / sqrt(d) + causal mask) V, written out step by step, after each channel of
+    q, k and v is mixed with the same channel at the `taps` - 1 positions before it.
 
-    def __init__(self, width, heads, context):
+    Why the mixing. The frozen LM must read what it is shown: copy a name it just read, find the
+    shape after 'red'. That is the work of an *induction head* (Olsson et al. 2022): a key that
+    says which token came *before* its position, so that a query for 'red' finds the position
+    after 'red' and copies what is there. Plain attention must first learn a previous-token head
+    for that; with learned positions the tiny LM does not, within its budget. A key mixed with
+    the previous position's key has it at once (Olsson et al.'s smeared keys; as a causal
+    convolution over q, k and v: Primer, So et al. 2021, and the Canon layers of Allen-Zhu 2025).
+
+        qkv'_t = Σ_{j < taps} w_j ⊙ qkv_{t-j}     (w_j: one weight a channel; qkv_{t-j} = 0 before 0)
+    """
+
+    def __init__(self, width, heads, context, taps):
         super().__init__()
         assert width % heads == 0, f"width {width} must divide into {heads} heads"
         self.heads = heads
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
+        # tap 0 is the position itself (weight 1); earlier positions start at 0.3, so that copying
+        # finds a previous token to match from the first step
+        self.taps = nn.Parameter(torch.cat([torch.ones(1, 3 * width),
+                                            torch.full((taps - 1, 3 * width), 0.3)]))
         # position t may attend to positions <= t only
         self.register_buffer("causal_mask", torch.ones(context, context).tril().bool(),
                              persistent=False)
 
-    def forward(self, x, cache=None):
-        """x (B, T, C): T new positions. cache: a LayerCache holding the keys and values of the
+    def mixed_qkv(self, x, cache=None):
+        """x (B, T, C): T new positions -> q (B, h, T, d) of the new positions, k and v
+        (B, h, past + T, d) of every position. cache: a LayerCache holding the q, k, v rows of the
         positions read before them (generation), or None: then x is the whole row."""
         B, T, C = x.shape
         d = C // self.heads
-        q, k, v = self.qkv(x).split(C, dim=2)                           # 3 x (B, T, C)
-        q, k, v = (z.view(B, T, self.heads, d).transpose(1, 2) for z in (q, k, v))  # (B, h, T, d)
+        rows = self.qkv(x)                                              # (B, T, 3C)
         if cache is not None:
-            k, v = cache.extend(k, v)                                   # (B, h, past + T, d)
-        past = k.shape[2] - T                                           # positions read before x
+            rows = cache.extend(rows)                                   # (B, past + T, 3C)
+        past = rows.shape[1] - T                                        # positions read before x
+        # tap j: every position reads the row j positions before it (zeros before the start)
+        rows = sum(w * F.pad(rows, (0, 0, j, 0))[:, :past + T] for j, w in enumerate(self.taps))
+        q, k, v = rows.split(C, dim=2)                                  # 3 x (B, past + T, C)
+        q = q[:, past:].reshape(B, T, self.heads, d).transpose(1, 2)    # (B, h, T, d)
+        k, v = (z.reshape(B, past + T, self.heads, d).transpose(1, 2) for z in (k, v))
+        return q, k, v
+
+    def forward(self, x, cache=None):
+        """x (B, T, C) -> (B, T, C); cache as in mixed_qkv."""
+        B, T, C = x.shape
+        q, k, v = self.mixed_qkv(x, cache)
+        past = k.shape[2] - T
+        d = C // self.heads
         scores = q @ k.transpose(-2, -1) / math.sqrt(d)                 # (B,h,T,d) @ (B,h,d,past+T)
         # the new positions are rows past..past+T-1 of the row's causal mask
         scores = scores.masked_fill(~self.causal_mask[past:past + T, :past + T], float("-inf"))
@@ -162,34 +194,34 @@ class CausalSelfAttention(nn.Module):
 
 
 class LayerCache:
-    """The keys and values (B, h, T, d) of every position one attention layer has read.
+    """The q, k, v rows (B, T, 3C), before mixing, of every position one attention layer has read.
 
     Generation feeds the LM one new token at a time; without a cache each step would recompute
-    the keys and values of the whole row. The causal mask makes caching exact: a position's keys
-    and values depend only on the positions up to it, so a token appended later never changes
-    them."""
+    the rows of the whole row of text. The causal mask makes caching exact: a position's row
+    depends only on the positions up to it, so a token appended later never changes it (and the
+    mixing over taps reads earlier rows only)."""
 
     def __init__(self):
-        self.keys = self.values = None
+        self.rows = None
 
-    def extend(self, k, v):
-        """Append the new positions' keys and values; return those of all positions so far."""
-        if self.keys is not None:
-            k, v = torch.cat([self.keys, k], dim=2), torch.cat([self.values, v], dim=2)
-        self.keys, self.values = k, v
-        return k, v
+    def extend(self, rows):
+        """Append the new positions' rows; return those of all positions so far."""
+        if self.rows is not None:
+            rows = torch.cat([self.rows, rows], dim=1)
+        self.rows = rows
+        return rows
 
     def __len__(self):
-        return 0 if self.keys is None else self.keys.shape[2]
+        return 0 if self.rows is None else self.rows.shape[1]
 
 
 class Block(nn.Module):
     """Pre-LayerNorm transformer block: x + attention(LN(x)), then x + MLP(LN(x))."""
 
-    def __init__(self, width, heads, context):
+    def __init__(self, width, heads, context, taps):
         super().__init__()
         self.ln_attention = nn.LayerNorm(width)
-        self.attention = CausalSelfAttention(width, heads, context)
+        self.attention = CausalSelfAttention(width, heads, context, taps)
         self.ln_mlp = nn.LayerNorm(width)
         self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
 
@@ -206,7 +238,8 @@ class LanguageModel(nn.Module):
         self.context = cfg.context
         self.token_emb = nn.Embedding(cfg.vocab_size, cfg.width)
         self.pos_emb = nn.Embedding(cfg.context, cfg.width)
-        self.blocks = nn.ModuleList(Block(cfg.width, cfg.heads, cfg.context) for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(Block(cfg.width, cfg.heads, cfg.context, cfg.taps)
+                                    for _ in range(cfg.depth))
         self.ln_final = nn.LayerNorm(cfg.width)
         self.apply(self._init_weights)
 
@@ -302,12 +335,16 @@ def held_out_loss(lm, stream, context, device, batch_size=256, precision="auto")
 
 
 def pretrain_lm(lm, train_stream, held_out_stream, cfg, device, seed, checkpoints=None,
-                compile=False, precision="auto"):
+                compile=False, precision="auto", drill_stream=None, reading=None):
     """Next-token cross-entropy, AdamW, warmup + cosine decay, gradient clipping.
 
-    Returns a history with the training loss per step and the held-out loss and perplexity.
-    checkpoints (a Checkpoints) saves the loop's state as it goes, or resumes it. compile=True
-    runs the model through torch.compile (see data_parallel); precision as in compute_dtype."""
+    The first cfg.reading_steps steps read drill_stream (the reading drills, Part 9), if given,
+    and the rest train_stream. reading: {name: lm -> accuracy} (reading_tests), run every 100
+    steps and shown on the progress bar, so that the step where copying appears can be seen.
+    Returns a history with the training loss per step, the reading tests per 100 steps and at the
+    end, and the held-out loss and perplexity. checkpoints (a Checkpoints) saves the loop's state
+    as it goes, or resumes it. compile=True runs the model through torch.compile (see
+    data_parallel); precision as in compute_dtype."""
     checkpoints = checkpoints or Checkpoints()
     rank, world = rank_and_world()
     lm.to(device).train()
@@ -315,14 +352,17 @@ def pretrain_lm(lm, train_stream, held_out_stream, cfg, device, seed, checkpoint
     optimizer = adamw(lm.parameters(), cfg.lr, cfg.weight_decay, device)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, cfg.steps))
     scaler = gradient_scaler(device, precision)
-    history = {"loss": []}
+    reading = reading or {}
+    history = {"loss": [], "reading": []}
     first_step = checkpoints.start("lm", cfg.steps, {"lm": lm}, optimizer, schedule, history,
                                    scaler)
+    shown = {}
     start = time.perf_counter()
     bar = tqdm(range(first_step, cfg.steps), desc="pretrain LM", dynamic_ncols=True,
                initial=first_step, total=cfg.steps, disable=rank > 0)
     for step in bar:
-        inputs, targets = random_windows(train_stream, cfg.batch_size // world, cfg.context,
+        stream = drill_stream if drill_stream is not None and step < cfg.reading_steps else train_stream
+        inputs, targets = random_windows(stream, cfg.batch_size // world, cfg.context,
                                          keyed_generator(seed, 1, step, rank))  # each rank its own
         inputs, targets = inputs.to(device), targets.to(device)
         with autocast(device, precision):
@@ -335,14 +375,19 @@ def pretrain_lm(lm, train_stream, held_out_stream, cfg, device, seed, checkpoint
         scaler.step(optimizer)
         scaler.update()
         schedule.step()
+        if reading and (step + 1) % 100 == 0:
+            shown = {name: test(lm) for name, test in reading.items()}
+            history["reading"].append((step + 1, shown))
         logged = step % 20 == 0 or step == cfg.steps - 1
         if logged:
             history["loss"].append((step, loss.item()))
             tokens_per_s = (step + 1 - first_step) * cfg.batch_size * cfg.context / (
                 time.perf_counter() - start)
-            bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tokens_per_s:,.0f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", **{k: f"{v:.2f}" for k, v in shown.items()},
+                            tok_s=f"{tokens_per_s:,.0f}")
         checkpoints.after_step(step, loss, logged)
     history["seconds"] = time.perf_counter() - start
+    history.update({name: test(lm) for name, test in reading.items()})
     history["tokens_per_s"] = (cfg.steps - first_step) * cfg.batch_size * cfg.context / history["seconds"]
     history["held_out_loss"] = held_out_loss(lm, held_out_stream, cfg.context, device,
                                              precision=precision)
@@ -1278,6 +1323,27 @@ def shapes_questions(scene, rng):
     return pairs
 
 
+def object_questions(scene):
+    """Questions that name one object of a two-object scene by the other attribute, for each
+    object, and an `exists` question about an absent combination (the first object's shape in
+    the second's colour): (question, answer, kind) with kinds like 'colour_first' and
+    'exists_absent'. An LM that answers by position (the last colour it read) fails one of each
+    pair; one that has bound colour to shape does not. [] for a scene where a colour or a shape
+    repeats (a question would not name one object)."""
+    if not isinstance(scene, Scene) or len(scene.objects) != 2:
+        return []
+    (c1, s1), (c2, s2) = scene.objects
+    if c1 == c2 or s1 == s2:
+        return []
+    return [(f"what colour is the {s1}?", c1, "colour_first"),
+            (f"what colour is the {s2}?", c2, "colour_second"),
+            (f"what shape is the {c1} object?", s1, "shape_first"),
+            (f"what shape is the {c2} object?", s2, "shape_second"),
+            (f"is there a {c1} {s1}?", exists_answer(scene.objects, (c1, s1)), "exists_first"),
+            (f"is there a {c2} {s2}?", exists_answer(scene.objects, (c2, s2)), "exists_second"),
+            (f"is there a {c2} {s1}?", exists_answer(scene.objects, (c2, s1)), "exists_absent")]
+
+
 def exists_answer(objects, asked):
     """The answer to 'is there a COLOUR SHAPE?' about a scene's (colour, shape) objects (a
     glyph's one object is (colour, 'letter k')): the objects of that shape first, then the
@@ -1347,9 +1413,154 @@ def question_prompt(question):
 
 
 def make_corpus(n_documents, seed, dataset="shapes"):
-    """The LM's pretraining text: a list of documents, larger than the paired set."""
+    """The LM's pretraining text: a list of documents, larger than the paired set. In the shapes
+    world an eighth more are lookup documents (lookup_document), after the scene documents: the
+    held-out 5% (the first documents) stays scene documents only."""
     rng = np.random.default_rng((seed, 0))
-    return [corpus_document(rng, dataset) for _ in range(n_documents)]
+    documents = [corpus_document(rng, dataset) for _ in range(n_documents)]
+    if dataset == "shapes":
+        documents += [lookup_document(rng) for _ in range(n_documents // 8)]
+    return documents
+
+
+def lookup_document(rng):
+    """A two-object caption, then three of its object_questions: the corpus's scene documents ask
+    one lookup by object in four, these ask three."""
+    while True:
+        scene = random_scene(rng, held_out=None)
+        asked = object_questions(scene)
+        if asked:
+            break
+    document = caption(scene, random_wording(rng))
+    for i in rng.permutation(len(asked))[:3]:
+        question, answer, _ = asked[i]
+        wording = random_wording(rng)
+        question = " ".join(wording.get(word, word) for word in question.split(" "))
+        document += f"{question_prompt(question)} {answer}"
+    return document
+
+
+# Reading drills. An LM learns to copy from its context in a sudden *phase change*, once its
+# induction heads form (Olsson et al. 2022), and the tokens that takes grow with batch and context
+# (Aoyama et al. 2025 put it near 10^5.7 sqrt(B C) tokens: some 11,000 of this LM's steps). Text
+# that rewards copying brings it forward: pretraining reads only these drills for its first
+# `reading_steps` steps, then the corpus with the drills mixed in, so that the skill stays.
+
+def text_words(documents):
+    """The distinct words of a text (letters only), sorted: what the repeat drills are made of."""
+    return sorted({word for document in documents for word in re.findall(r"[a-z]+", document.lower())})
+
+
+def repeat_document(rng, words):
+    """A random span of the given words, then the same span again: only copying predicts the
+    second line."""
+    span = " ".join(pick(rng, words) for _ in range(int(rng.integers(4, 16))))
+    return f"{span}\n{span}"
+
+
+def fresh_name(rng, held_out=False):
+    """A made-up word of 3 to 5 letters, consonants and vowels alternating. Names whose letters'
+    codes sum to a multiple of 3 are kept for the reading tests (held_out=True): never in training."""
+    letters = ["bcdfghjklmnprstvwxz", "aeiou"]
+    while True:
+        start = int(rng.integers(2))
+        name = "".join(pick(rng, letters[(start + i) % 2]) for i in range(int(rng.integers(3, 6))))
+        if (sum(map(ord, name)) % 3 == 0) == held_out:
+            return name
+
+
+def distinct_objects(rng, count):
+    """`count` different (colour, shape) pairs, in random order."""
+    objects = []
+    while len(objects) < count:
+        pair = (pick(rng, list(COLOURS)), pick(rng, SHAPES))
+        if pair not in objects:
+            objects.append(pair)
+    return objects
+
+
+def naming_document(rng):
+    """2 to 5 objects, each given a fresh name, then some of them named again:
+    'a red circle is a zuv \n a blue square is a kep \n a red circle is a zuv'. The name is new in
+    every document, so the last line is predictable only from the lines before it."""
+    objects = distinct_objects(rng, int(rng.integers(2, 6)))
+    lines = [f"a {c} {s} is a {fresh_name(rng)}" for c, s in objects]
+    lines += [lines[i] for i in rng.permutation(len(lines))[:int(rng.integers(1, len(lines) + 1))]]
+    return "\n".join(lines)
+
+
+def reading_drills(n_documents, seed, words, naming):
+    """n_documents // 4 repeated spans of `words`, and with naming (the shapes world)
+    n_documents // 8 naming documents."""
+    rng = np.random.default_rng((seed, 5))
+    drills = [repeat_document(rng, words) for _ in range(n_documents // 4)]
+    if naming:
+        drills += [naming_document(rng) for _ in range(n_documents // 8)]
+    return drills
+
+
+# Reading tests: what the LM does with what it was just shown, watched while it pretrains. Both
+# are scored teacher-forced, in one forward pass: a token is right when it is the LM's most likely
+# next token, which is what greedy generation would write.
+
+def copy_test(tokenizer, words, n_rows, seed=0):
+    """Rows '<bos> SPAN \n SPAN' of random words; scored: the repeat after its first token (the
+    first follows the newline, which nothing earlier predicts)."""
+    rng = np.random.default_rng((seed, 7))
+    rows, scored = [], []
+    for _ in range(n_rows):
+        span = " ".join(pick(rng, words) for _ in range(int(rng.integers(6, 12))))
+        first, repeat = [tokenizer.bos_id] + tokenizer.encode(span + "\n"), tokenizer.encode(span)
+        rows.append(first + repeat)
+        scored.append(range(len(first) + 1, len(first) + len(repeat)))
+    return rows, scored
+
+
+def naming_test(tokenizer, ways, context, n_rows, seed=0):
+    """Rows of `ways` objects with held-out names, then one of them again: 'a red circle is a
+    kipo \n a blue square is a zuve \n a red circle is a' -> ' kipo \n' is scored (the name, and
+    that it ends there). Objects and names are drawn again until the row fits the context."""
+    rng = np.random.default_rng((seed, 8, ways))
+    rows, scored = [], []
+    while len(rows) < n_rows:
+        objects = distinct_objects(rng, ways)
+        names = [fresh_name(rng, held_out=True) for _ in objects]
+        asked = int(rng.integers(ways))
+        lines = [f"a {c} {s} is a {name}" for (c, s), name in zip(objects, names)]
+        query = "a {} {} is a".format(*objects[asked])
+        prompt = [tokenizer.bos_id] + tokenizer.encode("\n".join(lines + [query]))
+        target = tokenizer.encode(f" {names[asked]}\n")
+        if len(set(names)) == ways and len(prompt) + len(target) <= context:
+            rows.append(prompt + target)
+            scored.append(range(len(prompt), len(prompt) + len(target)))
+    return rows, scored
+
+
+@torch.no_grad()
+def scored_right(lm, tokenizer, rows, scored, whole_rows):
+    """Where the LM's most likely next token is the true one: the share of scored tokens, or
+    with whole_rows the share of rows right at every scored token."""
+    was_training = lm.training
+    lm.eval()
+    ids = pad_rows(rows, tokenizer.pad_id).to(lm.token_emb.weight.device)
+    predicted = lm.logits(lm(ids)).argmax(-1).cpu()                     # (B, T)
+    lm.train(was_training)
+    right = [[predicted[i, j - 1].item() == row[j] for j in positions]
+             for i, (row, positions) in enumerate(zip(rows, scored))]
+    return float(np.mean([all(r) for r in right] if whole_rows else sum(right, [])))
+
+
+def reading_tests(tokenizer, context, words, naming, n_rows=100):
+    """{name: lm -> accuracy}: copy, the share of a repeated span's tokens predicted right, and
+    with naming (the shapes world) names_2way / names_5way, the share of held-out names written
+    whole."""
+    tests = {"copy": (*copy_test(tokenizer, words, n_rows), False)}
+    if naming:
+        for ways in (2, 5):
+            tests[f"names_{ways}way"] = (*naming_test(tokenizer, ways, context, n_rows), True)
+    return {name: functools.partial(scored_right, tokenizer=tokenizer, rows=rows, scored=scored,
+                                    whole_rows=whole_rows)
+            for name, (rows, scored, whole_rows) in tests.items()}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -37,7 +37,8 @@ from minivlp import (OBJECTIVES, PRECISIONS, AlignConfig, Checkpoints, LMConfig,
                      compute_dtype, encode_corpus, environment, fit_whitening, freeze,
                      held_out_loss, hold_out, load_checkpoint, make_corpus, make_support_split,
                      make_world, pairs_split, pretrain_lm, rank_and_world, read_text,
-                     resolve_device, save_checkpoint, save_json, text_features, WORLDS)
+                     reading_drills, reading_tests, resolve_device, save_checkpoint, save_json,
+                     text_features, text_words, WORLDS)
 from tokenizer import Tokenizer
 
 # Each config dataclass becomes a group of flags; LM fields carry the prefix --lm- so that
@@ -243,10 +244,17 @@ def warn_if_truncated(tokenizer, splits, lm_cfg, prefix_tokens):
 
 
 def pretrain_stage(lm_cfg, documents, tokenizer, text_tower, device, seed, checkpoints, compile,
-                   precision):
-    """§3.2 step 1: the LM on the text-only corpus, then freeze it."""
+                   precision, dataset=None):
+    """§3.2 step 1: the LM on the text-only corpus, then freeze it. For a built-in world
+    (dataset), the reading drills come first and stay mixed in, and the reading tests are watched
+    (minivlp Part 9); your own text is read as it is."""
     held_out = max(1, len(documents) // 20)  # 5% of documents for held-out loss and perplexity
-    train_stream = encode_corpus(tokenizer, documents[held_out:])
+    drills, reading = [], {}
+    if dataset:
+        words, naming = text_words(documents), dataset == "shapes"
+        drills = reading_drills(len(documents), seed, words, naming)
+        reading = reading_tests(tokenizer, lm_cfg.context, words, naming)
+    train_stream = encode_corpus(tokenizer, documents[held_out:] + drills)
     held_out_stream = encode_corpus(tokenizer, documents[:held_out])
     if len(train_stream) <= lm_cfg.context + 1:
         raise ValueError(f"the corpus gives {len(train_stream)} training tokens, fewer than one "
@@ -255,7 +263,8 @@ def pretrain_stage(lm_cfg, documents, tokenizer, text_tower, device, seed, check
     lm = LanguageModel(lm_cfg).to(device)
     if text_tower in PRETRAINED:
         history = pretrain_lm(lm, train_stream, held_out_stream, lm_cfg, device, seed, checkpoints,
-                              compile, precision)
+                              compile, precision, encode_corpus(tokenizer, drills) if drills else None,
+                              reading)
         print(f"LM: {lm_cfg.steps} steps in {history['seconds']:.1f} s, "
               f"{history['tokens_per_s']:,.0f} tokens/s, held-out loss {history['held_out_loss']:.3f} "
               f"(perplexity {history['held_out_perplexity']:.2f})")
@@ -414,8 +423,10 @@ def run(args, configs, asked_vocab):
     if saved is not None and saved["stage"] == "align":  # the LM stage had finished
         tokenizer, lm, _, lm_history = read_lm(out / "lm.pt", device)
     elif not args.lm:
+        builtin = None if args.text or args.data else world_cfg.dataset
         lm, lm_history = pretrain_stage(lm_cfg, documents, tokenizer, args.text_tower, device,
-                                        args.seed, checkpoints, args.compile, args.precision)
+                                        args.seed, checkpoints, args.compile, args.precision,
+                                        builtin)
     checkpoint = {"config": run_config, "tokenizer": tokenizer.to_dict(), "lm": lm.state_dict(),
                   "history": {"lm": lm_history}}
     if rank == 0:
@@ -447,6 +458,10 @@ def run(args, configs, asked_vocab):
                       "precision": precision, "config": run_config, "environment": where,
                       "wall_seconds": time.perf_counter() - start,
                       "lm_held_out_loss": lm_history["held_out_loss"],
+                      # the reading tests at the end of pretraining (minivlp Part 9)
+                      **{f"lm_{name}": lm_history[name] for name in ("copy", "names_2way",
+                                                                     "names_5way")
+                         if name in lm_history},
                       "align_final_loss": align_history["loss"][-1][1],
                       "lm_seconds": lm_history.get("seconds"),
                       "lm_tokens_per_s": lm_history.get("tokens_per_s"),

@@ -22,13 +22,22 @@ def tiny_lm(seed=0):
     return LanguageModel(TINY)
 
 
-def test_attention_matches_scaled_dot_product_attention():
+def test_attention_is_scaled_dot_product_attention_over_rows_mixed_by_a_loop():
+    """The reference mixes q, k, v over the taps position by position, then calls torch's own
+    causal attention."""
     torch.manual_seed(0)
-    attention = CausalSelfAttention(width=32, heads=4, context=16)
+    attention = CausalSelfAttention(width=32, heads=4, context=16, taps=3)
+    with torch.no_grad():
+        attention.taps.normal_()                        # not the initial weights: any weights
     x = torch.randn(3, 11, 32)
     B, T, C = x.shape
-    q, k, v = attention.qkv(x).split(C, dim=2)
-    q, k, v = (z.view(B, T, 4, 8).transpose(1, 2) for z in (q, k, v))
+    rows = attention.qkv(x)                             # (B, T, 3C)
+    mixed = torch.zeros_like(rows)
+    for t in range(T):
+        for j in range(3):
+            if t - j >= 0:
+                mixed[:, t] += attention.taps[j] * rows[:, t - j]
+    q, k, v = (z.view(B, T, 4, 8).transpose(1, 2) for z in mixed.split(C, dim=2))
     reference = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     reference = attention.proj(reference.transpose(1, 2).reshape(B, T, C))
     torch.testing.assert_close(attention(x), reference, rtol=1e-5, atol=1e-6)
@@ -164,8 +173,7 @@ def test_lm_ceiling_recomputes_the_attention_weights_the_lm_uses(tokenizer):
     for block, w, (x, out) in zip(lm.blocks, weights, seen):
         attention = block.attention
         C = x.shape[-1]
-        v = attention.qkv(x[0]).split(C, dim=1)[2]                             # (T, C)
-        v = v.view(-1, attention.heads, C // attention.heads).transpose(0, 1)  # (h, T, d)
+        v = attention.mixed_qkv(x)[2][0]                                     # (h, T, d)
         mixed = (w[:, None] @ v)[:, 0].reshape(C)                             # (h, d) -> (C,)
         torch.testing.assert_close(attention.proj(mixed), out[0, -1], rtol=1e-5, atol=1e-6)
 

@@ -79,12 +79,9 @@ def answer_attention(lm, tokenizer, text):
     weights = []
     for block, x in zip(lm.blocks, inputs):                                 # x: (1, T, C)
         attention = block.attention
-        C = x.shape[-1]
-        d = C // attention.heads
-        q, k, _ = attention.qkv(x[0]).split(C, dim=1)                       # 2 x (T, C)
-        q = q[-1].view(attention.heads, 1, d)                               # (h, 1, d)
-        k = k.view(-1, attention.heads, d).transpose(0, 1)                  # (h, T, d)
-        weights.append((q @ k.transpose(1, 2) / math.sqrt(d)).softmax(-1)[:, 0])  # (h, T)
+        q, k, _ = attention.mixed_qkv(x)                                    # 2 x (1, h, T, d)
+        q, k = q[0, :, -1:], k[0]                                           # (h, 1, d), (h, T, d)
+        weights.append((q @ k.transpose(1, 2) / math.sqrt(k.shape[-1])).softmax(-1)[:, 0])  # (h, T)
     return weights, ["<bos>"] + [tokenizer.decode([i]) for i in ids[1:]]
 
 
