@@ -35,10 +35,12 @@ from tokenizer import Tokenizer
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors, and no abbreviated flags (--lm means --lm, not --lm-lr)."""
+    """argparse with one-line errors, no abbreviated flags (--lm means --lm, not --lm-lr), and
+    the description printed as written: the module docstring, its usage examples included."""
 
     def __init__(self, **kwargs):
-        super().__init__(allow_abbrev=False, **kwargs)
+        super().__init__(allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
+                         **kwargs)
 
     def error(self, message):
         """A bad flag is one line on stderr and exit status 2, without the usage dump."""
@@ -698,19 +700,26 @@ def load_models(checkpoint, device):
     return tower, embedder.to(device).eval(), world_cfg, config
 
 
-def main(argv=None):
-    parser = Parser(prog="eval.py", description=__doc__.split("\n")[0])
-    parser.add_argument("--ckpt", help="a checkpoint written by train.py")
+def build_parser():
+    parser = Parser(prog="eval.py", description=__doc__)
+    parser.add_argument("--ckpt", help="the minivlp.pt that train.py wrote: needed by everything "
+                                       "but --compare")
     parser.add_argument("--compare", nargs="+", metavar="METRICS_JSON",
-                        help="print runs side by side from their metrics.json files")
+                        help="print runs side by side from their metrics.json files (no "
+                             "checkpoint needed); runs that differ only in seed make one row, "
+                             "mean (min–max)")
     parser.add_argument("--json", help="where to write the metrics (default: none)")
     parser.add_argument("--caption", metavar="IMAGE", help="print a caption for this image file")
     parser.add_argument("--ask", nargs=2, metavar=("IMAGE", "QUESTION"),
                         help='describe an image, then answer a question about it, e.g. "what '
-                             'colour is the circle?" (prints the caption, then the answer)')
+                             'colour is the circle?" (prints the caption, then the answer; '
+                             'both greedy)')
     parser.add_argument("--sample-temperature", type=float, default=0.0,
-                        help="captioning: 0 decodes greedily, above 0 samples (default: 0)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+                        help="--caption only: 0 decodes greedily, above 0 samples, more varied "
+                             "the higher (default: %(default)s)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="where the models run; auto picks CUDA when present "
+                             "(default: %(default)s)")
     parser.add_argument("--precision", choices=["auto", *PRECISIONS], default="auto",
                         help="what the embedder computes in (as train.py; default: auto)")
     data = add_data_flags(parser)
@@ -719,6 +728,11 @@ def main(argv=None):
                            "the one its caption names), e.g. 'zero,one,two'")
     data.add_argument("--templates", nargs="+", default=["{}"],
                       help="prompts for --classes, {} is the class name (default: '{}')")
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.classes and not args.data:
         parser.error("--classes needs --data (the built-in world has its own zero-shot classes)")

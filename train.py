@@ -18,11 +18,14 @@ and OUT/train_state.pt (the state to resume from) as it goes. Every file is writ
 
 import argparse
 import hashlib
+import inspect
+import io
 import math
 import os
 import signal
 import sys
 import time
+import tokenize
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
@@ -44,6 +47,36 @@ from tokenizer import Tokenizer
 # Each config dataclass becomes a group of flags; LM fields carry the prefix --lm- so that
 # --lm-steps (pretraining) and --steps (alignment) cannot be confused.
 CONFIGS = {"world": (WorldConfig, ""), "lm": (LMConfig, "lm-"), "align": (AlignConfig, "")}
+
+# What --help calls each group, and what holds for all of its flags.
+GROUPS = {
+    "world": ("the toy world", "The built-in world's images, splits and text.\n"
+              "With --data, only --image-size applies."),
+    "lm": ("the language model (pretraining)", "The tokenizer and the LM, pretrained on text, "
+           "then frozen (§3.2 step 1).\nWith --lm, they come from that checkpoint instead."),
+    "align": ("alignment", "Training the visual embedder and τ against the frozen LM "
+              "(§3.2 steps 2-3, §3.4)."),
+}
+# Help that a field's comment in minivlp.py does not give: where the flag applies, and the
+# fields left without a comment there. Keyed by group.field; shown after the comment.
+MORE_HELP = {
+    "world.image_size": "--data's images are resized and centre-cropped to it too; a multiple "
+                        "of 8 (the embedder halves it three times)",
+    "world.train_images": "built-in world only",
+    "world.eval_images": "built-in world only",
+    "world.corpus_documents": "built-in corpus only, ignored with --data or --text",
+    "world.dataset": "ignored with --data",
+    "lm.vocab_size": "unless given, it shrinks to what a small --text can fill",
+    "lm.warmup_steps": "steps of linear warmup to --lm-lr, then cosine decay to a tenth",
+    "lm.weight_decay": "AdamW's decay of the weight matrices (biases and norms are not shrunk)",
+    "lm.grad_clip": "each step's gradients are scaled down to at most this global norm",
+    "align.lr": "peak learning rate (AdamW) of the embedder and τ, after linear warmup",
+    "align.warmup_steps": "steps of linear warmup to --lr, then cosine decay to a tenth",
+    "align.weight_decay": "AdamW's decay of the embedder's weight matrices",
+    "align.question_rows": "0 turns the teacher off",
+    "align.learn_temperature": "learn τ with the embedder; --no-learn-temperature keeps it at "
+                               "--temperature",
+}
 
 
 TEXT_TOWERS = ["locked", "random", "finetune", "scratch"]
@@ -74,8 +107,30 @@ def seed_list(text):
     return seeds
 
 
+def field_comments(config_class):
+    """{field name: its trailing comment} of a config dataclass, read from its source: the
+    comments in minivlp.py's Part 1 are the documentation, and --help shows them as they are."""
+    comments, field_name = {}, None
+    tokens = tokenize.generate_tokens(io.StringIO(inspect.getsource(config_class)).readline)
+    for token in tokens:
+        if token.type == tokenize.INDENT or token.type == tokenize.NEWLINE:
+            field_name = None
+        elif token.type == tokenize.NAME and token.line[:token.start[1]].isspace() \
+                and token.line[token.end[1]:].lstrip().startswith(":"):
+            field_name = token.string                   # 'name: type = default', a field
+        elif token.type == tokenize.COMMENT and field_name:
+            comments[field_name] = token.string.lstrip("#").strip()
+    return comments
+
+
+def field_help(group, field, comment):
+    """A config flag's help: the field's comment, what MORE_HELP adds, the default."""
+    words = [text for text in (comment, MORE_HELP.get(f"{group}.{field.name}")) if text]
+    return "; ".join(words).replace("%", "%%") + " (default: %(default)s)"
+
+
 def build_parser():
-    parser = Parser(prog="train.py", description=__doc__.split("\n")[0])
+    parser = Parser(prog="train.py", description=__doc__)
     parser.add_argument("--stage", choices=["all", "lm"], default="all",
                         help="all: every stage; lm: tokenizer and LM only (default: %(default)s)")
     parser.add_argument("--text-tower", choices=TEXT_TOWERS, default="locked",
@@ -86,13 +141,20 @@ def build_parser():
     parser.add_argument("--objective", choices=OBJECTIVES, default="both",
                         help="contrastive: InfoNCE only; prefix: captioning loss through the "
                              "frozen LM only; both: their sum (default: %(default)s)")
-    parser.add_argument("--out", default="out", help="output folder (default: %(default)s)")
+    parser.add_argument("--out", default="out",
+                        help="the folder the run writes its checkpoints, config.json, "
+                             "metrics.json and pictures to (default: %(default)s)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="auto picks CUDA when present (default: %(default)s)")
-    parser.add_argument("--seed", type=number(int, True), default=0, help="(default: %(default)s)")
+    parser.add_argument("--seed", type=number(int, True), default=0,
+                        help="seeds the world's images and text, the initial weights and the "
+                             "order of batches: another seed, another run of the same settings "
+                             "(--seeds runs several) (default: %(default)s)")
     parser.add_argument("--seeds", type=seed_list,
-                        help="several seeds, e.g. 0,1,2: one run each in OUT/seed<N>, then every "
-                             "metric as mean (min–max) over them")
+                        help="several seeds, e.g. 0,1,2, in place of --seed: one run each in "
+                             "OUT/seed<N>, then every metric as mean (min–max) over them. One "
+                             "process runs them one after another, so torchrun refuses it: "
+                             "launch once a --seed")
     parser.add_argument("--precision", choices=["auto", *PRECISIONS], default="auto",
                         help="what matmuls and convolutions compute in. auto: bf16 where the "
                              "hardware has it natively (Ampere+ GPUs, CPUs with AVX512-BF16), fp16 "
@@ -118,19 +180,21 @@ def build_parser():
     data.add_argument("--lm", help="reuse the tokenizer and LM of this lm.pt or minivlp.pt "
                                    "instead of pretraining (its --lm-* settings replace yours)")
     for group, (config_class, prefix) in CONFIGS.items():
-        flags = parser.add_argument_group(config_class.__name__)
+        flags = parser.add_argument_group(*GROUPS[group])
+        comments = field_comments(config_class)
         for field in fields(config_class):
             flag, dest = "--" + prefix + field.name.replace("_", "-"), f"{group}.{field.name}"
+            help = field_help(group, field, comments.get(field.name))
             if isinstance(field.default, bool):
                 flags.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction,
-                                   default=field.default, help="(default: %(default)s)")
+                                   default=field.default, help=help)
             elif field.name == "dataset":
                 flags.add_argument(flag, dest=dest, choices=list(WORLDS), default=field.default,
-                                   help="the built-in toy world (default: %(default)s)")
+                                   help=help)
             else:
                 kind = number(type(field.default), field.name in MAY_BE_ZERO)
                 flags.add_argument(flag, dest=dest, type=kind, default=field.default,
-                                   help="(default: %(default)s)")
+                                   metavar=field.name.upper(), help=help)
     return parser
 
 

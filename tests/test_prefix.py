@@ -1,5 +1,10 @@
 """The visual prefix (Frozen): the questions, the captioning loss, decoding, BLEU-4 and caption
-parsing."""
+parsing.
+
+References: answers read off the scene; BLEU-4 worked by hand; per-token loops with
+F.cross_entropy and F.kl_div; hand-built LMs whose output is known before they run (a counter,
+and tests/colour_reader.py, which names the colour it reads), for decoding, the order of
+answers and what each VQA setting reads."""
 
 import math
 
@@ -8,10 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from eval import answer, bleu4, first_line, parse_caption, prefix_metrics, verdict
-from minivlp import (IGNORE, Glyph, LanguageModel, LMConfig, Scene, VisualEmbedder, caption_tokens,
-                     corpus_document, freeze, generate, image_context, prefix_loss, questions,
-                     random_glyph, random_scene, teacher_loss)
+from colour_reader import colour_code, colour_lm, colour_tokenizer
+from eval import answer, bleu4, parse_caption, prefix_metrics, verdict
+from minivlp import (COLOURS, IGNORE, Glyph, LanguageModel, LMConfig, Scene, VisualEmbedder,
+                     caption_tokens, corpus_document, freeze, generate, image_context, prefix_loss,
+                     questions, random_glyph, random_scene, teacher_loss)
 from tokenizer import Tokenizer
 
 TINY = LMConfig(vocab_size=280, context=32, width=32, depth=2, heads=4)
@@ -265,14 +271,46 @@ def test_generation_stops_at_the_context_length():
         generate(lm, lm.token_emb(torch.tensor([[0]])).expand(1, 16, -1), torch.tensor([[1]]), 5)
 
 
-def test_answers_come_back_in_question_order_whatever_the_batching(tokenizer):
-    torch.manual_seed(0)
-    lm = freeze(LanguageModel(TINY))
-    questions = ["how many objects are there?", "what colour is the circle?", "where is it?",
-                 "is there a red square?", "how many objects are there?"]
-    contexts = [torch.randn(1 + k % 3, TINY.width) for k in range(len(questions))]
-    batched = answer(lm, tokenizer, contexts, questions, batch_size=2)
-    for context_emb, question, got in zip(contexts, questions, batched):
-        ids = torch.tensor([tokenizer.encode(f"\nq: {question} a:")])
-        alone = generate(lm, context_emb[None], ids, TINY.context)[0].tolist()
-        assert got == first_line(tokenizer, alone)
+def test_answers_come_back_in_question_order_whatever_the_batching():
+    """The colour reader (tests/colour_reader.py) answers any question with the colour its
+    context shows. Contexts of 1 or 2 image vectors and questions of two lengths make three
+    batches by length, two of them split by batch_size 2: each question must get its own
+    context's colour back, in the order asked."""
+    tokenizer = colour_tokenizer()
+    lm, _ = colour_lm(tokenizer)
+    names = ["red", "blue", "green", "white", "yellow", "orange"]
+    vectors = [2, 2, 1, 2, 2, 1]
+    long, short = "what colour is the circle?", "what colour?"
+    asked = [long, long, long, short, long, short]
+    contexts = [image_context(lm, tokenizer, colour_code(name).expand(1, k, -1))[0]
+                for name, k in zip(names, vectors)]
+    assert answer(lm, tokenizer, contexts, asked, batch_size=2) == names
+
+
+def test_vqa_settings_read_what_each_promises_worked_out_for_the_colour_reader(capsys):
+    """prefix_metrics with the colour reader, which names the colour it reads (the image's, or
+    the first colour word of the text), on one-object scenes. The first half of the prefixes
+    show each scene's colour, the second half the next colour of COLOURS: so by hand
+      vqa_acc_colour = vqa_describe_acc_colour = 0.5   (the image's colour, said again)
+      vqa_text_acc_colour = 1.0                         (the true caption names the colour)
+      vqa_blind_acc_colour = 0.0                        (nothing to read: no colour word)
+      every other kind 0.0                              (a colour is never a count, a shape,
+                                                         a position or a yes/no verdict)
+      the captions are the colours the prefixes show, which no grammar parses: exact match 0.
+    A setting that read another's context would change one of these."""
+    tokenizer = colour_tokenizer()
+    lm, _ = colour_lm(tokenizer, context=128)
+    names = list(COLOURS)
+    shapes = ["circle", "square", "triangle", "cross", "diamond", "circle", "square"]
+    scenes = [Scene(((name, shape),), "small", "left") for name, shape in zip(names, shapes)] * 2
+    shown = names + names[1:] + names[:1]
+    prefixes = torch.stack([colour_code(name).expand(2, -1) for name in shown])   # (14, 2, C)
+    metrics = prefix_metrics(lm, tokenizer, prefixes, scenes, prefixes, scenes)
+    assert metrics["caption_samples"] == shown[:5] and metrics["caption_exact_match"] == 0.0
+    expected_colour = {"vqa_acc": 0.5, "vqa_describe_acc": 0.5, "vqa_text_acc": 1.0,
+                       "vqa_blind_acc": 0.0}
+    for setting, value in expected_colour.items():
+        assert metrics[f"{setting}_colour"] == value, setting
+        for kind in ("shape", "count", "position", "exists"):
+            assert metrics[f"{setting}_{kind}"] == 0.0, (setting, kind)
+    assert capsys.readouterr().err == ""                              # every kind was asked

@@ -1,9 +1,16 @@
 """Runs over several seeds and the records that make a number reproducible: `--seeds` runs one
 seed after another, `eval.py --compare` prints runs that differ only in seed as mean (min–max)
 and labels what else differs, a run's files say where it ran, and --resume refuses data that
-changed. Also two clear errors found in review."""
+changed. Also two clear errors found in review.
 
+References: means worked by hand; for where a run ran, a process started with one thread and
+bf16, the installed torch's package metadata and /proc/cpuinfo."""
+
+import importlib.metadata
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +20,8 @@ import eval as evaluation
 import minivlp
 import train
 from test_custom_data import SMALL, run, write_dataset
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def fake_metrics(path, seed, tower, test_r1, para_r1, precision="float32"):
@@ -101,18 +110,28 @@ def test_bad_seed_lists_are_refused(flag, capsys):
 
 def test_a_run_records_its_precision_and_environment_and_resume_refuses_changed_data(tmp_path,
                                                                                      capsys):
+    """train.py in a process of its own, one thread (set here, whatever this machine has) and
+    --precision bf16 (emulated where not native): its config.json must say so, name the torch
+    of the installed package's metadata and the processor /proc/cpuinfo names first."""
     pairs = write_dataset(tmp_path / "data", n_images=30)
     argv = ["--data", str(pairs), "--out", str(tmp_path / "out"), "--stage", "lm", *SMALL]
-    assert run(argv, capsys)[0] == 0
+    result = subprocess.run([sys.executable, "train.py", *argv, "--precision", "bf16"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
     config = json.loads((tmp_path / "out" / "config.json").read_text())
-    native_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", bool)()
-    assert config["precision"] == ("bfloat16" if native_bf16 else "float32")
-    assert config["environment"]["torch"] == torch.__version__
-    assert config["environment"]["threads"] == torch.get_num_threads()
-    assert config["environment"]["processor"]
+    assert config["precision"] == config["environment"]["precision"] == "bfloat16"
+    assert config["environment"]["threads"] == 1
+    assert config["environment"]["torch"] == importlib.metadata.version("torch")
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in
+             (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
+             if line.startswith("model name")]
+    processor = config["environment"]["processor"]
+    assert processor == names[0] if names else processor               # elsewhere: named at least
     # the same files, one caption changed: --resume must not continue on other data
     pairs.write_text(pairs.read_text().replace("something red", "something crimson", 1))
-    status, _, err = run(argv + ["--resume"], capsys)
+    status, _, err = run(argv + ["--precision", "bf16", "--resume"], capsys)
     assert status == 2 and "changed" in err and "Traceback" not in err
 
 

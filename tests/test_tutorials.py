@@ -1,5 +1,7 @@
 """The tutorials cannot drift from the code: each notebook reruns to its stored key numbers, its
-prose quotes only numbers its outputs show, and the index lists every notebook in order."""
+prose quotes only numbers that the cells it cites print, and the index lists every notebook in
+order. References: the stored outputs, each prose number against the output of the cell it
+cites (the one above it, or one named in CITES)."""
 
 import base64
 import json
@@ -80,14 +82,35 @@ def test_notebook_reruns_to_its_stored_outputs(path, request):
             f"{name}: stored {stored_keys[name]}, rerun {value} (tolerance {tolerance})"
 
 
+# Prose quotes the outputs of the code cell just above it. These markdown cells (by index in the
+# notebook) also quote others, {markdown cell: [code cells]}: a summary before the results, a
+# paragraph that compares with an earlier run, a formula worked out just below.
+CITES = {
+    "02_language_model.ipynb": {8: [5]},
+    "04_text_tower.ipynb": {20: [15, 17]},
+    "05_infonce_by_hand.ipynb": {10: [11], 14: [9]},
+    "07_visual_prefix.ipynb": {6: [21], 25: [21], 27: [21]},
+    "08_experiments.ipynb": {10: [7]},
+}
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_prose_quotes_only_numbers_the_outputs_show(path):
-    notebook = load(path)
-    shown = set(DECIMAL.findall(outputs_text(notebook)))
-    for cell in notebook["cells"]:
-        if cell["cell_type"] == "markdown":
-            quoted = set(DECIMAL.findall("".join(cell["source"])))
-            assert quoted <= shown, f"numbers in the prose that no output shows: {quoted - shown}"
+def test_prose_quotes_only_numbers_the_cells_it_cites_show(path):
+    """Each number in a markdown cell is printed by the code cell above it, or by a cell CITES
+    names for it; a number printed only somewhere else in the notebook is a misquote."""
+    cells = load(path)["cells"]
+    shown = lambda i: set(DECIMAL.findall(outputs_text({"cells": [cells[i]]})))
+    for k, cell in enumerate(cells):
+        if cell["cell_type"] != "markdown":
+            continue
+        quoted = set(DECIMAL.findall("".join(cell["source"])))
+        above = max((i for i in range(k) if cells[i]["cell_type"] == "code"), default=None)
+        cited = CITES.get(path.name, {}).get(k, [])
+        for i in cited:                         # each citation is needed: no stale entries
+            assert quoted & shown(i) - (shown(above) if above is not None else set()), (k, i)
+        printed = set().union(*(shown(i) for i in [above, *cited] if i is not None))
+        assert quoted <= printed, f"markdown cell {k} quotes {sorted(quoted - printed)}, which " \
+                                  f"cells {[above, *cited]} do not print"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

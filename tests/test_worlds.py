@@ -1,6 +1,7 @@
 """The second toy world (glyphs: coloured letters on coloured backgrounds) keeps the promises of
 the first: held-out pairs stay out of training, every caption parses back to its scene, the
-paraphrase split uses only synonyms, and the picture shows what the caption says."""
+paraphrase split uses only synonyms, and the picture shows what the caption says (checked
+against the glyph's description: its two colours, its size, the centre)."""
 
 import json
 
@@ -32,12 +33,29 @@ def test_every_caption_plain_or_paraphrased_parses_back_to_its_glyph():
     assert caption(Glyph("red", "k", "large", "blue")) == "a large red letter k on blue"
 
 
-def test_the_picture_has_the_background_and_the_letter_colours():
-    glyph = Glyph("red", "m", "large", "blue")
-    pixels = render(glyph, 32, np.random.default_rng(0)).reshape(-1, 3)
-    colours = {tuple(p) for p in pixels}
-    assert tuple(pixels[0]) == COLOURS["blue"]                           # a corner: background
-    assert COLOURS["red"] in colours                                      # the letter's ink
+def ink(glyph, seed):
+    """(32, 32) bool: the pixels nearer the letter's colour than the background's. Each pixel
+    must be the background, the letter's colour or a blend of the two (anti-aliased edges)."""
+    pixels = render(glyph, 32, np.random.default_rng(seed)).reshape(-1, 3).astype(float)
+    background, colour = np.array(COLOURS[glyph.background]), np.array(COLOURS[glyph.colour])
+    share = (pixels - background) @ (colour - background) / np.sum((colour - background) ** 2)
+    blend = background + share.clip(0, 1)[:, None] * (colour - background)
+    assert np.abs(pixels - blend).max() <= 2, glyph                     # rounding only
+    return (share > 0.5).reshape(32, 32)
+
+
+def test_the_picture_is_its_letter_in_its_colour_centred_and_sized_on_its_background():
+    """Against the glyph's own description: its two colours only; the ink centred within the
+    jitter (8% of the image) and the letter's own shape; a large letter (80% of the image)
+    covering over twice the pixels of a small one (45%); two letters, two shapes of ink."""
+    for seed in range(5):
+        large = ink(Glyph("red", "m", "large", "blue"), seed)
+        small = ink(Glyph("red", "m", "small", "blue"), seed)
+        assert large.sum() > 2 * small.sum() > 0, seed
+        rows, columns = np.nonzero(large)
+        assert abs(rows.mean() - 15.5) < 5 and abs(columns.mean() - 15.5) < 5, seed
+        other = ink(Glyph("green", "x", "large", "purple"), seed)
+        assert (large != other).sum() > 0.2 * large.sum(), seed
 
 
 def test_the_corpus_talks_about_glyphs_with_synonyms_and_questions():
