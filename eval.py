@@ -220,7 +220,10 @@ def prefix_metrics(lm, tokenizer, prefixes, scenes, support_prefixes, support_sc
     # average over every scene would hide an LM that answers by position (object_questions)
     asked += [(i, q, a, kind) for i, scene in enumerate(scenes[:vqa_images])
               for q, a, kind in object_questions(scene)]
-    kinds = sorted({kind for *_, kind in asked})
+    # the question kinds, then their split by object (after them, so that drawing the few-shot
+    # examples of the split leaves those of the kinds as they were)
+    kinds = sorted({kind for *_, kind in asked} - set(OBJECT_KINDS)) + [
+        kind for kind in OBJECT_KINDS if any(k == kind for *_, k in asked)]
     with_image = image_context(lm, tokenizer, prefixes)                        # (N, 1 + K, C)
     blind = lm.token_emb.weight[tokenizer.bos_id][None]                        # (1, C): <bos> only
     # Positions left for what precedes a query: for each kind (an `exists` chain is long, so

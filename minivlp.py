@@ -66,8 +66,9 @@ class LMConfig:
     warmup_steps: int = 40
     weight_decay: float = 0.1
     grad_clip: float = 1.0
-    taps: int = 4                # positions each query, key and value is mixed from (Part 2)
-    reading_steps: int = 400     # first steps on the reading drills alone (Part 9: copying forms)
+    taps: int = 1                # positions each query, key and value is mixed from (Part 2)
+    reading_steps: int = 0       # if > 0: steps on reading drills alone first (Part 9), drills and
+                                 # lookup documents then mixed into the corpus
 
 
 @dataclass
@@ -155,9 +156,9 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
         # tap 0 is the position itself (weight 1); earlier positions start at 0.3, so that copying
-        # finds a previous token to match from the first step
+        # finds a previous token to match from the first step. One tap: plain attention.
         self.taps = nn.Parameter(torch.cat([torch.ones(1, 3 * width),
-                                            torch.full((taps - 1, 3 * width), 0.3)]))
+                                            torch.full((taps - 1, 3 * width), 0.3)])) if taps > 1 else None
         # position t may attend to positions <= t only
         self.register_buffer("causal_mask", torch.ones(context, context).tril().bool(),
                              persistent=False)
@@ -172,8 +173,8 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             rows = cache.extend(rows)                                   # (B, past + T, 3C)
         past = rows.shape[1] - T                                        # positions read before x
-        # tap j: every position reads the row j positions before it (zeros before the start)
-        rows = sum(w * F.pad(rows, (0, 0, j, 0))[:, :past + T] for j, w in enumerate(self.taps))
+        if self.taps is not None:  # tap j: the row j positions before (zeros before the start)
+            rows = sum(w * F.pad(rows, (0, 0, j, 0))[:, :past + T] for j, w in enumerate(self.taps))
         q, k, v = rows.split(C, dim=2)                                  # 3 x (B, past + T, C)
         q = q[:, past:].reshape(B, T, self.heads, d).transpose(1, 2)    # (B, h, T, d)
         k, v = (z.reshape(B, past + T, self.heads, d).transpose(1, 2) for z in (k, v))
@@ -1412,13 +1413,13 @@ def question_prompt(question):
     return f"\nq: {question} a:"
 
 
-def make_corpus(n_documents, seed, dataset="shapes"):
-    """The LM's pretraining text: a list of documents, larger than the paired set. In the shapes
-    world an eighth more are lookup documents (lookup_document), after the scene documents: the
-    held-out 5% (the first documents) stays scene documents only."""
+def make_corpus(n_documents, seed, dataset="shapes", lookups=False):
+    """The LM's pretraining text: a list of documents, larger than the paired set. With lookups
+    (the reading recipe, shapes world), an eighth more are lookup documents (lookup_document),
+    after the scene documents: the held-out 5% (the first documents) stays scene documents."""
     rng = np.random.default_rng((seed, 0))
     documents = [corpus_document(rng, dataset) for _ in range(n_documents)]
-    if dataset == "shapes":
+    if lookups and dataset == "shapes":
         documents += [lookup_document(rng) for _ in range(n_documents // 8)]
     return documents
 
@@ -1503,16 +1504,18 @@ def reading_drills(n_documents, seed, words, naming):
 # are scored teacher-forced, in one forward pass: a token is right when it is the LM's most likely
 # next token, which is what greedy generation would write.
 
-def copy_test(tokenizer, words, n_rows, seed=0):
+def copy_test(tokenizer, words, context, n_rows, seed=0):
     """Rows '<bos> SPAN \n SPAN' of random words; scored: the repeat after its first token (the
-    first follows the newline, which nothing earlier predicts)."""
+    first follows the newline, which nothing earlier predicts). Spans are drawn again until the
+    row fits the context."""
     rng = np.random.default_rng((seed, 7))
     rows, scored = [], []
-    for _ in range(n_rows):
+    while len(rows) < n_rows:
         span = " ".join(pick(rng, words) for _ in range(int(rng.integers(6, 12))))
         first, repeat = [tokenizer.bos_id] + tokenizer.encode(span + "\n"), tokenizer.encode(span)
-        rows.append(first + repeat)
-        scored.append(range(len(first) + 1, len(first) + len(repeat)))
+        if len(first) + len(repeat) <= context:
+            rows.append(first + repeat)
+            scored.append(range(len(first) + 1, len(first) + len(repeat)))
     return rows, scored
 
 
@@ -1554,7 +1557,7 @@ def reading_tests(tokenizer, context, words, naming, n_rows=100):
     """{name: lm -> accuracy}: copy, the share of a repeated span's tokens predicted right, and
     with naming (the shapes world) names_2way / names_5way, the share of held-out names written
     whole."""
-    tests = {"copy": (*copy_test(tokenizer, words, n_rows), False)}
+    tests = {"copy": (*copy_test(tokenizer, words, context, n_rows), False)}
     if naming:
         for ways in (2, 5):
             tests[f"names_{ways}way"] = (*naming_test(tokenizer, ways, context, n_rows), True)

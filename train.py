@@ -261,13 +261,14 @@ def memory_bytes():
         return math.inf
 
 
-def read_corpus(args, world_cfg, data, seed):
+def read_corpus(args, world_cfg, lm_cfg, data, seed):
     """The LM's text as a list of documents, and where it comes from: the built-in corpus, or the
     lines of --text (else your training captions), cut into 20 documents of consecutive lines.
     Lines stay together so that the LM learns what follows a newline: the visual prefix is read
     as the line before the caption ('<bos> [image] \n caption \n')."""
     if not args.text and not args.data:
-        return make_corpus(world_cfg.corpus_documents, seed, world_cfg.dataset), "built-in corpus"
+        return (make_corpus(world_cfg.corpus_documents, seed, world_cfg.dataset,
+                            lookups=lm_cfg.reading_steps > 0), "built-in corpus")
     if args.text:
         lines = [line.strip() for line in read_text(args.text).splitlines() if line.strip()]
         source = args.text
@@ -310,14 +311,15 @@ def warn_if_truncated(tokenizer, splits, lm_cfg, prefix_tokens):
 def pretrain_stage(lm_cfg, documents, tokenizer, text_tower, device, seed, checkpoints, compile,
                    precision, dataset=None):
     """§3.2 step 1: the LM on the text-only corpus, then freeze it. For a built-in world
-    (dataset), the reading drills come first and stay mixed in, and the reading tests are watched
-    (minivlp Part 9); your own text is read as it is."""
+    (dataset) the reading tests are watched, and with reading steps the reading drills come first
+    and stay mixed in (minivlp Part 9); your own text is read as it is."""
     held_out = max(1, len(documents) // 20)  # 5% of documents for held-out loss and perplexity
     drills, reading = [], {}
     if dataset:
         words, naming = text_words(documents), dataset == "shapes"
-        drills = reading_drills(len(documents), seed, words, naming)
         reading = reading_tests(tokenizer, lm_cfg.context, words, naming)
+        if lm_cfg.reading_steps > 0:
+            drills = reading_drills(len(documents), seed, words, naming)
     train_stream = encode_corpus(tokenizer, documents[held_out:] + drills)
     held_out_stream = encode_corpus(tokenizer, documents[:held_out])
     if len(train_stream) <= lm_cfg.context + 1:
@@ -458,7 +460,7 @@ def run(args, configs, asked_vocab):
     # Read and check every input before anything is written: bad input leaves `out` as it was.
     data = (read_data(args, world_cfg.image_size, args.seed) if args.data
             else make_world(world_cfg, args.seed))
-    documents, source = read_corpus(args, world_cfg, data, args.seed)
+    documents, source = read_corpus(args, world_cfg, lm_cfg, data, args.seed)
     if args.lm:
         tokenizer, lm, lm_cfg, lm_history = read_lm(args.lm, device)
     else:

@@ -63,9 +63,10 @@ class Given(torch.nn.Module):
 
 def minivlp_attention(q, k, v):
     """minivlp's own attention on (B, heads, T, d) q, k, v: a CausalSelfAttention whose input
-    projection returns them and whose output projection is the identity."""
+    projection returns them, with one tap (no mixing over positions), and whose output
+    projection is the identity."""
     B, heads, T, d = q.shape
-    layer = minivlp.CausalSelfAttention(heads * d, heads, T)
+    layer = minivlp.CausalSelfAttention(heads * d, heads, T, taps=1)
     layer.qkv = Given(torch.cat([z.transpose(1, 2).reshape(B, T, heads * d) for z in (q, k, v)],
                                 dim=2))                                 # (B, T, 3C)
     layer.proj = torch.nn.Identity()

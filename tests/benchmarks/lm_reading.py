@@ -1,6 +1,6 @@
 """Does the frozen LM read its context? Copying, fresh names and lookups by object, per seed.
 
-    python tests/benchmarks/lm_reading.py --ckpt out/seed*/lm.pt [--rows 200]
+    python tests/benchmarks/lm_reading.py --ckpt out/seed*/lm.pt [--rows 200] [--json FILE]
 
 For each checkpoint of the shapes world (an lm.pt or minivlp.pt), from text alone:
   copy          a random span of the world's words, repeated after a newline: the share of the
@@ -12,10 +12,12 @@ For each checkpoint of the shapes world (an lm.pt or minivlp.pt), from text alon
                 each, and about an absent combination (the first object's shape in the second's
                 colour); an LM that answers by position fails one of each pair
 Then the reading tests as pretraining went, every 100 steps (the history in the checkpoint): the
-phase change in which copying appears. Last, the mean (min-max) over the checkpoints.
+phase change in which copying appears. Last, the mean (min-max) over the checkpoints; --json
+writes every seed's numbers to a file (tutorials/runs/reading.json holds the README's).
 """
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -64,11 +66,13 @@ def main():
                         help="lm.pt or minivlp.pt files of shapes-world runs, one a seed")
     parser.add_argument("--rows", type=int, default=200,
                         help="rows of each reading test, and two-object scenes asked (default 200)")
+    parser.add_argument("--json", help="write {seed: results} to this file")
     args = parser.parse_args()
-    measured = []
+    measured, by_seed = [], {}
     for path in args.ckpt:
         seed, results, history = measure(path, args.rows)
         measured.append(results)
+        by_seed[seed] = results
         print(f"seed {seed} ({path}): " + ", ".join(f"{k} {v:.3f}" for k, v in results.items()))
         if history:
             print("  while pretraining: " + "; ".join(
@@ -78,6 +82,8 @@ def main():
     for key in measured[0]:
         values = [results[key] for results in measured]
         print(f"  {key:<15} {np.mean(values):.3f} ({min(values):.3f}-{max(values):.3f})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(by_seed, indent=1) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -265,12 +265,11 @@ def attention_is_causal(student, g):
 def attention_inside_the_layer(student, g):
     B, heads, d, T = randint(g, 1, 3), randint(g, 1, 4), randint(g, 2, 8), randint(g, 2, 12)
     C = heads * d
-    layer = minivlp.CausalSelfAttention(C, heads, context=T + randint(g, 0, 4)).double()
+    layer = minivlp.CausalSelfAttention(C, heads, context=T + randint(g, 0, 4), taps=4).double()
     x = torch.randn(B, T, C, generator=g, dtype=torch.float64)
     expected = layer(x)                                                 # (B, T, C)
     # the layer's own steps, with the student's function in place of its attention
-    q, k, v = layer.qkv(x).split(C, dim=2)                              # 3 x (B, T, C)
-    q, k, v = (z.view(B, T, heads, d).transpose(1, 2) for z in (q, k, v))  # (B, heads, T, d)
+    q, k, v = layer.mixed_qkv(x)                                        # 3 x (B, heads, T, d)
     out = student.causal_attention(q, k, v)
     expect_shape(out, q.shape, "output")
     got = layer.proj(out.transpose(1, 2).reshape(B, T, C))              # (B, T, C)
