@@ -66,9 +66,8 @@ class LMConfig:
     warmup_steps: int = 40
     weight_decay: float = 0.1
     grad_clip: float = 1.0
-    taps: int = 1                # positions each query, key and value is mixed from (Part 2)
-    reading_steps: int = 0       # if > 0: steps on reading drills alone first (Part 9), drills and
-                                 # lookup documents then mixed into the corpus
+    taps: int = 1                # positions each q, k, v mixes (4: copying can form, Part 2)
+    reading_steps: int = 0       # first steps on reading drills alone; > 0 adds them (Part 9)
 
 
 @dataclass
@@ -145,8 +144,9 @@ class CausalSelfAttention(nn.Module):
     for that; with learned positions the tiny LM does not, within its budget. A key mixed with
     the previous position's key has it at once (Olsson et al.'s smeared keys; as a causal
     convolution over q, k and v: Primer, So et al. 2021, and the Canon layers of Allen-Zhu 2025).
+    taps = 1, the default, is plain attention; why: tutorials/design.md, "Reading its context".
 
-        qkv'_t = Σ_{j < taps} w_j ⊙ qkv_{t-j}     (w_j: one weight a channel; qkv_{t-j} = 0 before 0)
+        qkv'_t = Σ_{j < taps} w_j ⊙ qkv_{t-j}      (w_j: a weight a channel; 0 before the row)
     """
 
     def __init__(self, width, heads, context, taps):
@@ -157,8 +157,10 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(width, width)
         # tap 0 is the position itself (weight 1); earlier positions start at 0.3, so that copying
         # finds a previous token to match from the first step. One tap: plain attention.
-        self.taps = nn.Parameter(torch.cat([torch.ones(1, 3 * width),
-                                            torch.full((taps - 1, 3 * width), 0.3)])) if taps > 1 else None
+        self.taps = None
+        if taps > 1:
+            self.taps = nn.Parameter(torch.cat([torch.ones(1, 3 * width),
+                                                torch.full((taps - 1, 3 * width), 0.3)]))
         # position t may attend to positions <= t only
         self.register_buffer("causal_mask", torch.ones(context, context).tril().bool(),
                              persistent=False)

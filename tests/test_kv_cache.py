@@ -1,6 +1,10 @@
-"""The key-value cache of `generate`: reading a row in pieces, with the keys and values of the
+"""The key-value cache of `generate`: reading a row in pieces, with the q, k, v rows of the
 positions already read kept in a LayerCache, gives the states of reading it whole; and generation
-with the cache writes, token for token, what re-reading the whole row at every step writes."""
+with the cache writes, token for token, what re-reading the whole row at every step writes. Each
+holds for plain attention (one tap) and for q, k, v mixed over 4 taps, whose mixing reads the
+cached rows."""
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,6 +17,7 @@ from tokenizer import Tokenizer
 
 TINY = LMConfig(vocab_size=300, context=48, width=64, depth=2, heads=4, steps=150, batch_size=16,
                 warmup_steps=10)
+TAPS = [1, 4]
 
 
 def reread_generate(lm, context_emb, prompt, max_new_tokens, sample_temperature=0.0,
@@ -33,10 +38,11 @@ def reread_generate(lm, context_emb, prompt, max_new_tokens, sample_temperature=
     return ids[:, prompt.shape[1]:]
 
 
-def peaked_lm(seed):
-    """A random LM with large weights, so that its next-token choices are clear, not near-ties."""
+def peaked_lm(seed, taps=1):
+    """A random LM with large weights (tap weights too), so that its next-token choices are clear,
+    not near-ties."""
     torch.manual_seed(seed)
-    lm = LanguageModel(TINY)
+    lm = LanguageModel(replace(TINY, taps=taps))
     with torch.no_grad():
         for p in lm.parameters():
             if p.dim() == 2:
@@ -44,9 +50,10 @@ def peaked_lm(seed):
     return freeze(lm)
 
 
+@pytest.mark.parametrize("taps", TAPS)
 @torch.no_grad()
-def test_reading_a_row_in_pieces_with_the_cache_gives_the_states_of_reading_it_whole():
-    lm = peaked_lm(0)
+def test_reading_a_row_in_pieces_with_the_cache_gives_the_states_of_reading_it_whole(taps):
+    lm = peaked_lm(0, taps)
     prefix = torch.randn(3, 5, TINY.width)
     ids = torch.randint(0, TINY.vocab_size, (3, 20))
     whole = lm(ids, prefix=prefix)                                      # (3, 25, C)
@@ -66,9 +73,10 @@ def test_a_full_cache_refuses_positions_beyond_the_context():
         lm(torch.zeros(1, 1, dtype=torch.long), cache=cache)
 
 
+@pytest.mark.parametrize("taps", TAPS)
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_cached_generation_writes_what_rereading_writes_on_random_lms(seed):
-    lm = peaked_lm(seed)
+def test_cached_generation_writes_what_rereading_writes_on_random_lms(seed, taps):
+    lm = peaked_lm(seed, taps)
     context_emb = torch.randn(4, 6, TINY.width)
     prompt = torch.randint(0, TINY.vocab_size, (4, 3))
     assert torch.equal(generate(lm, context_emb, prompt, 30),
@@ -84,14 +92,16 @@ def test_cached_generation_writes_what_rereading_writes_on_random_lms(seed):
     assert torch.equal(sample(generate), sample(reread_generate))
 
 
-def test_cached_generation_writes_what_rereading_writes_on_a_trained_lm():
+@pytest.mark.parametrize("taps", TAPS)
+def test_cached_generation_writes_what_rereading_writes_on_a_trained_lm(taps):
     """A pretrained LM continuing captions and questions from the corpus, after a prefix."""
     documents = make_corpus(400, seed=0)
     tokenizer = Tokenizer.train("\n".join(documents), TINY.vocab_size)
     torch.manual_seed(0)
-    lm = LanguageModel(TINY)
+    cfg = replace(TINY, taps=taps)
+    lm = LanguageModel(cfg)
     stream = encode_corpus(tokenizer, documents)
-    pretrain_lm(lm, stream[:-2000], stream[-2000:], TINY, torch.device("cpu"), seed=0)
+    pretrain_lm(lm, stream[:-2000], stream[-2000:], cfg, torch.device("cpu"), seed=0)
     freeze(lm)
     prefix = image_context(lm, tokenizer, torch.randn(16, 4, TINY.width))   # (16, 5, C)
     rng = np.random.default_rng(0)

@@ -46,6 +46,11 @@ TOLERANCES = {
     # caption exact match by 0.200 (locked: 0.493 and 0.293)
     "08_experiments.ipynb": {"test image->text R@1": 0.03, "paraphrase image->text R@1": 0.22,
                              "caption exact match": 0.4},
+    # 1 thread against 2: not yet measured (the stored run is the only run); a phase change that
+    # moves by a hundred steps moves these most
+    "09_reading_context.ipynb": {"copy accuracy": 0.15, "names 2-way": 0.1, "held-out loss": 0.02,
+                                 "first step with copy accuracy over 0.5": 200,
+                                 "best induction score": 0.25},
 }
 # A number written with two or more decimals (0.42, 1.81), not part of a section number (§4.3).
 DECIMAL = re.compile(r"(?<![\d.§])\d+\.\d{2,}(?![\d.])")
