@@ -88,6 +88,32 @@ def test_the_ablation_table_is_the_stored_runs(tower):
         check(cell, [mean_of(m, split, keys) for m in stored])
 
 
+def test_the_reading_tables_are_the_stored_runs_and_benchmark():
+    """The section's runs are in tutorials/runs/reading/default and .../recipe, and what
+    tests/benchmarks/lm_reading.py printed for their LMs in .../default.json and .../recipe.json."""
+    rows = table_rows("Does the frozen LM read what it is shown?")
+    by_object = ["colour_first", "colour_second", "shape_first", "shape_second", "exists_first",
+                 "exists_second", "exists_absent"]
+    default = runs("reading/default")
+    assert [m["run"]["config"]["lm"]["taps"] for m in default] == [1] * 3
+    settings = {"image": "vqa_acc", "image, own caption": "vqa_describe_acc",
+                "true caption": "vqa_text_acc", "blind": "vqa_blind_acc"}
+    for row, prefix in settings.items():
+        for kind, cell in zip(by_object, rows[row], strict=True):
+            check(cell, [m["test"][f"{prefix}_{kind}"] for m in default])
+    for first, name in {"default (0–2)": "default", "reading recipe (0–2)": "recipe"}.items():
+        stored = runs(f"reading/{name}")
+        bench = json.loads((RUNS / "reading" / f"{name}.json").read_text())
+        assert sorted(int(seed) for seed in bench) == [m["run"]["config"]["seed"] for m in stored]
+        keys = ["copy", "names_2way", "names_5way", "colour_first", "colour_second",
+                "shape_first", "shape_second", "exists_absent"]
+        values = [[bench[seed][key] for seed in bench] for key in keys]
+        values += [[m["run"]["lm_held_out_loss"] for m in stored],
+                   [m["test"]["vqa_acc_colour"] for m in stored]]
+        for cell, column in zip(rows[first], values, strict=True):
+            check(cell, column)
+
+
 def seeds(*towers):
     return [path for tower in towers for path in sorted((RUNS / tower).glob("seed*.json"))]
 

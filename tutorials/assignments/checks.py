@@ -261,15 +261,15 @@ def attention_is_causal(student, g):
                  f"outputs 0..{t} after changing keys and values at {t + 1}..{T - 1} (the future)")
 
 
-@check(2, "inside minivlp.CausalSelfAttention, the layer's output is unchanged")
+@check(2, "inside minivlp.CausalSelfAttention (q, k, v mixed over 4 taps), as the naive loop")
 def attention_inside_the_layer(student, g):
     B, heads, d, T = randint(g, 1, 3), randint(g, 1, 4), randint(g, 2, 8), randint(g, 2, 12)
     C = heads * d
     layer = minivlp.CausalSelfAttention(C, heads, context=T + randint(g, 0, 4), taps=4).double()
     x = torch.randn(B, T, C, generator=g, dtype=torch.float64)
-    expected = layer(x)                                                 # (B, T, C)
-    # the layer's own steps, with the student's function in place of its attention
+    # the layer's own steps, with the student's function, and the naive loop, in its attention
     q, k, v = layer.mixed_qkv(x)                                        # 3 x (B, heads, T, d)
+    expected = layer.proj(naive_attention(q, k, v).transpose(1, 2).reshape(B, T, C))
     out = student.causal_attention(q, k, v)
     expect_shape(out, q.shape, "output")
     got = layer.proj(out.transpose(1, 2).reshape(B, T, C))              # (B, T, C)
@@ -475,7 +475,7 @@ def reread_features_values(student, g):
                      (summed, "summed the states: divide by the number of weight-1 positions")])
 
 
-@check(4, "plugged into minivlp.text_features with a real tokenizer, h(T) is unchanged")
+@check(4, "plugged into minivlp.text_features with a real tokenizer, h(T) as one text at a time")
 def reread_in_text_features(student, g):
     documents = minivlp.make_corpus(40, seed=randint(g, 0, 1000))
     tok = tokenizer.Tokenizer.train("\n".join(documents), vocab_size=300)
@@ -483,7 +483,17 @@ def reread_in_text_features(student, g):
     cfg = minivlp.LMConfig(vocab_size=tok.vocab_size, context=24, width=16, depth=1, heads=2)
     lm = minivlp.freeze(minivlp.LanguageModel(cfg))
     texts = [line for document in documents[:3] for line in document.splitlines()[:2]]
-    expected = minivlp.text_features(lm, tok, texts, torch.device("cpu"))
+    # the reference, one text at a time and unpadded: the LM reads '<bos> T \n T' (T cut so that
+    # both readings fit) and h(T) is the mean of its final states over the second T
+    newline = tok.encode("\n")
+    longest = (cfg.context - 1 - len(newline)) // 2
+    expected = []
+    for text in texts:
+        ids = tok.encode(text)[:longest]
+        with torch.no_grad():
+            states = lm(torch.tensor([[tok.bos_id] + ids + newline + ids]))[0]  # (T, C)
+        expected.append(states[1 + len(ids) + len(newline):].mean(0))
+    expected = torch.stack(expected)
     saved = minivlp.reread_tokens, minivlp.reread_features
     try:
         minivlp.reread_tokens = student.reread_tokens
