@@ -1508,11 +1508,13 @@ def reading_drills(n_documents, seed, words, naming):
 
 def copy_test(tokenizer, words, context, n_rows, seed=0):
     """Rows '<bos> SPAN \n SPAN' of random words; scored: the repeat after its first token (the
-    first follows the newline, which nothing earlier predicts). Spans are drawn again until the
-    row fits the context."""
+    first follows the newline, which nothing earlier predicts). A span that does not fit the
+    context is drawn again, up to 20 n_rows draws: a small context may get fewer rows, or none."""
     rng = np.random.default_rng((seed, 7))
     rows, scored = [], []
-    while len(rows) < n_rows:
+    for _ in range(20 * n_rows):
+        if len(rows) == n_rows:
+            break
         span = " ".join(pick(rng, words) for _ in range(int(rng.integers(6, 12))))
         first, repeat = [tokenizer.bos_id] + tokenizer.encode(span + "\n"), tokenizer.encode(span)
         if len(first) + len(repeat) <= context:
@@ -1524,10 +1526,12 @@ def copy_test(tokenizer, words, context, n_rows, seed=0):
 def naming_test(tokenizer, ways, context, n_rows, seed=0):
     """Rows of `ways` objects with held-out names, then one of them again: 'a red circle is a
     kipo \n a blue square is a zuve \n a red circle is a' -> ' kipo \n' is scored (the name, and
-    that it ends there). Objects and names are drawn again until the row fits the context."""
+    that it ends there). A row that does not fit the context is drawn again, as in copy_test."""
     rng = np.random.default_rng((seed, 8, ways))
     rows, scored = [], []
-    while len(rows) < n_rows:
+    for _ in range(20 * n_rows):
+        if len(rows) == n_rows:
+            break
         objects = distinct_objects(rng, ways)
         names = [fresh_name(rng, held_out=True) for _ in objects]
         asked = int(rng.integers(ways))
@@ -1565,7 +1569,7 @@ def reading_tests(tokenizer, context, words, naming, n_rows=100):
             tests[f"names_{ways}way"] = (*naming_test(tokenizer, ways, context, n_rows), True)
     return {name: functools.partial(scored_right, tokenizer=tokenizer, rows=rows, scored=scored,
                                     whole_rows=whole_rows)
-            for name, (rows, scored, whole_rows) in tests.items()}
+            for name, (rows, scored, whole_rows) in tests.items() if rows}  # none fit: not asked
 
 
 # ------------------------------------------------------------------------------------------------
