@@ -364,7 +364,8 @@ def pretrain_lm(lm, train_stream, held_out_stream, cfg, device, seed, checkpoint
     bar = tqdm(range(first_step, cfg.steps), desc="pretrain LM", dynamic_ncols=True,
                initial=first_step, total=cfg.steps, disable=rank > 0)
     for step in bar:
-        stream = drill_stream if drill_stream is not None and step < cfg.reading_steps else train_stream
+        drilling = drill_stream is not None and step < cfg.reading_steps
+        stream = drill_stream if drilling else train_stream
         inputs, targets = random_windows(stream, cfg.batch_size // world, cfg.context,
                                          keyed_generator(seed, 1, step, rank))  # each rank its own
         inputs, targets = inputs.to(device), targets.to(device)
@@ -1451,7 +1452,8 @@ def lookup_document(rng):
 
 def text_words(documents):
     """The distinct words of a text (letters only), sorted: what the repeat drills are made of."""
-    return sorted({word for document in documents for word in re.findall(r"[a-z]+", document.lower())})
+    return sorted({word for document in documents
+                   for word in re.findall(r"[a-z]+", document.lower())})
 
 
 def repeat_document(rng, words):
@@ -1463,7 +1465,8 @@ def repeat_document(rng, words):
 
 def fresh_name(rng, held_out=False):
     """A made-up word of 3 to 5 letters, consonants and vowels alternating. Names whose letters'
-    codes sum to a multiple of 3 are kept for the reading tests (held_out=True): never in training."""
+    codes sum to a multiple of 3 are kept for the reading tests (held_out=True): never in
+    training."""
     letters = ["bcdfghjklmnprstvwxz", "aeiou"]
     while True:
         start = int(rng.integers(2))

@@ -328,9 +328,9 @@ def pretrain_stage(lm_cfg, documents, tokenizer, text_tower, device, seed, check
     torch.manual_seed(seed)
     lm = LanguageModel(lm_cfg).to(device)
     if text_tower in PRETRAINED:
+        drill_stream = encode_corpus(tokenizer, drills) if drills else None
         history = pretrain_lm(lm, train_stream, held_out_stream, lm_cfg, device, seed, checkpoints,
-                              compile, precision, encode_corpus(tokenizer, drills) if drills else None,
-                              reading)
+                              compile, precision, drill_stream, reading)
         print(f"LM: {lm_cfg.steps} steps in {history['seconds']:.1f} s, "
               f"{history['tokens_per_s']:,.0f} tokens/s, held-out loss {history['held_out_loss']:.3f} "
               f"(perplexity {history['held_out_perplexity']:.2f})")

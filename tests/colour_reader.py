@@ -14,9 +14,9 @@ by nearness (colour dims 0..6 of the LM width, zero-sum). The LM has one block:
 Through the tied head, a colour word predicts the newline (e_newline dominates); any other
 position, the newline included, predicts the colour word of highest score. So after any text
 that names no other colour, the LM says the image's colour and ends the line: describe writes
-'red', and the answer to any question is 'red' (the question itself is never read). A small constant in one more dim, which only the pad token
-reads, decides where nothing else does: with no image and no colour word (the blind prompt)
-the LM writes <pad>, and its answer is the empty line."""
+'red', and the answer to any question is 'red' (the question itself is never read). A small constant
+in one more dim, which only the pad token reads, decides where nothing else does: with no image and
+no colour word (the blind prompt) the LM writes <pad>, and its answer is the empty line."""
 
 from dataclasses import asdict
 

@@ -4,4 +4,5 @@ tutorials that train models adds about 13 more, so they run when asked (and alwa
 
 def pytest_addoption(parser):
     parser.addoption("--notebooks", action="store_true",
-                     help="also rerun the tutorials that train models (about 13 minutes on 2 cores)")
+                     help="also rerun the tutorials that train models "
+                          "(about 13 minutes on 2 cores)")

@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from colour_reader import colour_code, colour_lm, colour_tokenizer
 from eval import answer, bleu4, parse_caption, prefix_metrics, verdict
 from minivlp import (COLOURS, IGNORE, Glyph, LanguageModel, LMConfig, Scene, VisualEmbedder,
-                     caption_tokens, corpus_document, freeze, generate, image_context, object_questions,
-                     prefix_loss, questions, random_glyph, random_scene, teacher_loss)
+                     caption_tokens, corpus_document, freeze, generate, image_context,
+                     object_questions, prefix_loss, questions, random_glyph, random_scene,
+                     teacher_loss)
 from tokenizer import Tokenizer
 
 TINY = LMConfig(vocab_size=280, context=32, width=32, depth=2, heads=4)

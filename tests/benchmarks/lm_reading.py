@@ -26,8 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from eval import OBJECT_KINDS, answer, load_lm, verdict  # noqa: E402
-from minivlp import (WorldConfig, caption, load_checkpoint, make_corpus, make_eval_splits,  # noqa: E402
-                     object_questions, reading_tests, text_words)
+from minivlp import (WorldConfig, caption, load_checkpoint, make_corpus,  # noqa: E402
+                     make_eval_splits, object_questions, reading_tests, text_words)
 
 
 @torch.no_grad()
@@ -44,7 +44,7 @@ def answers_by_object(lm, tokenizer, scenes):
 
 
 def measure(path, rows):
-    """The reading tests and the lookups by object of one checkpoint, and its pretraining history."""
+    """The reading tests and lookups by object of one checkpoint, and its pretraining history."""
     checkpoint = load_checkpoint(path)
     tokenizer, lm, _ = load_lm(checkpoint, torch.device("cpu"))
     config = checkpoint["config"]
@@ -75,9 +75,9 @@ def main():
         by_seed[seed] = results
         print(f"seed {seed} ({path}): " + ", ".join(f"{k} {v:.3f}" for k, v in results.items()))
         if history:
-            print("  while pretraining: " + "; ".join(
-                f"{step} " + " ".join(f"{v:.2f}" for v in tests.values()) for step, tests in history)
-                + f"  ({', '.join(history[0][1])})")
+            curve = "; ".join(f"{step} " + " ".join(f"{v:.2f}" for v in tests.values())
+                              for step, tests in history)
+            print(f"  while pretraining: {curve}  ({', '.join(history[0][1])})")
     print(f"\nmean (min-max) over {len(measured)} checkpoint(s):")
     for key in measured[0]:
         values = [results[key] for results in measured]
