@@ -1487,7 +1487,7 @@ def distinct_objects(rng, count):
 
 def naming_document(rng):
     """2 to 5 objects, each given a fresh name, then some of them named again:
-    'a red circle is a zuv \n a blue square is a kep \n a red circle is a zuv'. The name is new in
+    'a red circle is a zuv \\n a blue square is a kep \\n a red circle is a zuv'. The name is new in
     every document, so the last line is predictable only from the lines before it."""
     objects = distinct_objects(rng, int(rng.integers(2, 6)))
     lines = [f"a {c} {s} is a {fresh_name(rng)}" for c, s in objects]
