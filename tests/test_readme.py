@@ -23,9 +23,9 @@ def runs(tower):
     return [json.loads(path.read_text()) for path in sorted((RUNS / tower).glob("seed*.json"))]
 
 
-def table_rows(heading):
-    """{first cell: [other cells]} of the markdown tables in the README section `heading`."""
-    section = README.split(f"## {heading}\n")[1].split("\n## ")[0]
+def table_rows(heading, page=README):
+    """{first cell: [other cells]} of the markdown tables in the section `heading` of a page."""
+    section = page.split(f"## {heading}\n")[1].split("\n## ")[0]
     rows = {}
     for line in section.splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
@@ -89,9 +89,10 @@ def test_the_ablation_table_is_the_stored_runs(tower):
 
 
 def test_the_reading_tables_are_the_stored_runs_and_benchmark():
-    """The section's runs are in tutorials/runs/reading/default and .../recipe, and what
+    """results.md, "Reading by object": the section's runs are in tutorials/runs/reading/default and .../recipe, and what
     tests/benchmarks/lm_reading.py printed for their LMs in .../default.json and .../recipe.json."""
-    rows = table_rows("Does the frozen LM read what it is shown?")
+    rows = table_rows("Reading by object",
+                      (ROOT / "tutorials" / "results.md").read_text(encoding="utf-8"))
     by_object = ["colour_first", "colour_second", "shape_first", "shape_second", "exists_first",
                  "exists_second", "exists_absent"]
     default = runs("reading/default")
