@@ -1403,11 +1403,19 @@ def corpus_document(rng, dataset="shapes"):
     # Questions in a random order: in a fixed one (count first), the LM answered the first
     # question by its slot ('two' to 'is there a red square?'), and evaluation asks each one there.
     asked = questions(scene, rng)
-    for question, answer, _ in (asked[i] for i in rng.permutation(len(asked))):
-        wording = random_wording(rng, world["synonyms"])
+    return document + answered(rng, [asked[i] for i in rng.permutation(len(asked))],
+                               world["synonyms"])
+
+
+def answered(rng, asked, synonyms=SYNONYMS):
+    """'\nq: QUESTION a: ANSWER' for each (question, answer, kind) in turn; each question's
+    words are swapped for synonyms at random (random_wording), answers stay plain."""
+    lines = ""
+    for question, answer, _ in asked:
+        wording = random_wording(rng, synonyms)
         question = " ".join(wording.get(word, word) for word in question.split(" "))
-        document += f"{question_prompt(question)} {answer}"
-    return document
+        lines += f"{question_prompt(question)} {answer}"
+    return lines
 
 
 def question_prompt(question):
@@ -1436,12 +1444,7 @@ def lookup_document(rng):
         if asked:
             break
     document = caption(scene, random_wording(rng))
-    for i in rng.permutation(len(asked))[:3]:
-        question, answer, _ = asked[i]
-        wording = random_wording(rng)
-        question = " ".join(wording.get(word, word) for word in question.split(" "))
-        document += f"{question_prompt(question)} {answer}"
-    return document
+    return document + answered(rng, [asked[i] for i in rng.permutation(len(asked))[:3]])
 
 
 # Reading drills. An LM learns to copy from its context in a sudden *phase change*, once its
