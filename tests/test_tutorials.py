@@ -25,34 +25,38 @@ EXACT = {"01_tokens.ipynb", "03_visual_embedder.ipynb", "05_infonce_by_hand.ipyn
 # (the notebooks compute in float32 everywhere); another thread count or CPU adds its sums in
 # another order, a few training steps go slightly differently, and a nearest caption or a greedy
 # token can then flip. Each width is about twice the largest change seen between the stored run
-# (2 threads) and a rerun with 1 thread; numbers that no training touches get 0.
+# (2 threads) and a rerun with 1 thread or on another CPU (04, 07 and 08 were stored on a 2-core
+# AMD EPYC with AVX2 and rerun on the CPU that stored them before; the widest such change was
+# 0.24, in 04's synonym R@1, and is given 0.35, not twice); numbers no training touches get 0.
 TOLERANCES = {
     "02_language_model.ipynb": {"chance level": 0, "held-out loss": 0.01,
                                 "held-out perplexity": 0.02},
-    "04_text_tower.ipynb": {"pretrained held-out loss": 0.01, "chance": 0,
-                            "mean pairwise cosine": 0.04, "mean pairwise cosine after": 0.01,
-                            "nearest-caption cosine": 0.04, "synonym -> plain R@1": 0.2,
+    "04_text_tower.ipynb": {"pretrained held-out loss": 0.03, "chance": 0,
+                            "mean pairwise cosine": 0.07, "mean pairwise cosine after": 0.01,
+                            "nearest-caption cosine": 0.06, "synonym -> plain R@1": 0.35,
                             "mean pairwise cosine, random": 0, "nearest-caption cosine, random": 0,
                             "synonym -> plain R@1, random": 0,
                             "synonym -> plain R@1 without whitening, random": 0},
     "06_training_and_retrieval.ipynb": {"test": 0.08, "compositional": 0.08, "paraphrase": 0.08},
     # The short prefix training is the most sensitive: a held-out loss 0.002 apart gave an
     # untrained embedder's loss 0.59 apart and caption exact match 0.655 against 0.36.
-    "07_visual_prefix.ipynb": {"held-out loss": 0.01, "held-out perplexity": 0.02,
+    "07_visual_prefix.ipynb": {"held-out loss": 0.03, "held-out perplexity": 0.04,
                                "captioning loss of the untrained embedder": 1.2,
-                               "caption exact match": 0.6, "VQA image": 0.16,
+                               "caption exact match": 0.6, "VQA image": 0.3,
                                "VQA own caption": 0.22, "VQA blind": 0.03},
     # 1 thread against 2: R@1 on seen wording moved by up to 0.014, paraphrase R@1 by 0.107,
-    # caption exact match by 0.200 (locked: 0.493 and 0.293)
-    "08_experiments.ipynb": {"test image->text R@1": 0.03, "paraphrase image->text R@1": 0.22,
+    # caption exact match by 0.200 (locked: 0.493 and 0.293); the other CPU: R@1 on seen wording
+    # by up to 0.060 (finetune), paraphrase R@1 by 0.073, caption exact match by 0.120
+    "08_experiments.ipynb": {"test image->text R@1": 0.1, "paraphrase image->text R@1": 0.22,
                              "caption exact match": 0.4},
     # Stored with 1 thread, rerun with 2 within these; no other machine measured yet, so the
     # widths are guesses (the step of the phase change and the induction score are printed, not
     # compared: a phase change a hundred steps off moves them most)
     "09_reading_context.ipynb": {"copy accuracy": 0.2, "names 2-way": 0.1, "held-out loss": 0.03},
 }
-# A number written with two or more decimals (0.42, 1.81), not part of a section number (§4.3).
-DECIMAL = re.compile(r"(?<![\d.§])\d+\.\d{2,}(?![\d.])")
+# A number written with two or more decimals (0.42, 1.81), also at the end of a sentence, not part
+# of a section number (§4.3) or a version (2.13.0).
+DECIMAL = re.compile(r"(?<![\d.§])\d+\.\d{2,}(?!\d|\.\d)")
 
 
 def load(path):
