@@ -188,6 +188,28 @@ def solved_examples(lm, tokenizer, support_prefixes, support_scenes, kind, shots
     return (torch.cat(pieces) if pieces else support_prefixes.new_zeros(0, width)), len(pieces)
 
 
+# Re-ranking by v. The scored caption is the frozen LM's own greedy description (Frozen). Re-ranking
+# lets the contrastive head help the decoder, as CLIP re-ranks a generator's samples: the LM
+# proposes, and the image's vector v (§4.2) picks the proposal whose text vector t is nearest.
+# train.py and eval.py score it beside the greedy caption, among the greedy one and 8 samples.
+
+RERANK_SAMPLES = 8
+
+def choose_by_v(candidates, image_emb, embed_texts):
+    """For each of N images, the candidate caption whose text embedding has the highest cosine
+    with the image's: candidates, N lists of captions; image_emb (N, C); embed_texts: M texts ->
+    (M, C). Each distinct caption is embedded once."""
+    texts = sorted({text for options in candidates for text in options})
+    row_of = {text: row for row, text in enumerate(texts)}
+    text_emb = F.normalize(embed_texts(texts).float(), dim=1)                  # (M, C)
+    image_emb = F.normalize(image_emb.float(), dim=1)                          # (N, C)
+    chosen = []
+    for options, v in zip(candidates, image_emb):
+        cosines = text_emb[[row_of[text] for text in options]] @ v             # (candidates,)
+        chosen.append(options[cosines.argmax().item()])
+    return chosen
+
+
 @torch.no_grad()
 def prefix_metrics(lm, tokenizer, prefixes, scenes, support_prefixes, support_scenes, shots=2,
                    vqa_images=500, seed=0):
@@ -307,9 +329,11 @@ def zeroshot_named_classes(image_emb, image_captions, classes, templates, embed_
 # ------------------------------------------------------------------------------------------------
 
 def evaluate(embedder, tower, splits, support, device, objective, classes=None, templates=None,
-             precision="auto"):
+             precision="auto", rerank=0):
     """{split name: metrics}: retrieval and zero-shot for the contrastive head, captioning and VQA
-    for the prefix head. `paraphrase` holds the `test` images, so only its retrieval is new.
+    for the prefix head. `paraphrase` holds the `test` images, so only its retrieval is new. With
+    both heads, also the exact match of captions re-ranked by v among the greedy one and `rerank`
+    samples (caption_exact_match_reranked; 0 leaves it out).
 
     Splits of your own data (no scenes) get retrieval, captioning by text, and zero-shot over
     `classes` (with `templates`) when given; support is then None (no few-shot VQA)."""
@@ -336,6 +360,13 @@ def evaluate(embedder, tower, splits, support, device, objective, classes=None, 
         elif objective != "contrastive" and name != "paraphrase":
             metrics.update(prefix_metrics(tower.lm, tower.tokenizer, prefixes, split.scenes,
                                           support_prefixes, support.scenes))
+            if objective == "both" and rerank:  # the greedy caption and `rerank` sampled ones
+                candidates = zip(describe(tower.lm, tower.tokenizer, prefixes), *(
+                    describe(tower.lm, tower.tokenizer, prefixes, sample_temperature=1.0, seed=seed)
+                    for seed in range(1, rerank + 1)))
+                chosen = choose_by_v(list(candidates), image_emb, tower)
+                metrics["caption_exact_match_reranked"] = float(np.mean(
+                    [parse_caption(text) == scene for text, scene in zip(chosen, split.scenes)]))
         results[name] = metrics
     return results
 
@@ -346,7 +377,8 @@ RETRIEVAL_COLUMNS = [("i→t R@1", "image_to_text_R@1"), ("i→t R@5", "image_to
                      ("zs size", "zeroshot_size_acc"), ("zs position", "zeroshot_position_acc"),
                      ("zs letter", "zeroshot_letter_acc"), ("zs backgr.", "zeroshot_background_acc"),
                      ("zero-shot", "zeroshot_acc")]
-CAPTION_COLUMNS = [("exact", "caption_exact_match"), ("BLEU-4", "caption_bleu4"),
+CAPTION_COLUMNS = [("exact", "caption_exact_match"), ("re-ranked", "caption_exact_match_reranked"),
+                   ("BLEU-4", "caption_bleu4"),
                    ("colour", "caption_acc_colour"), ("shape", "caption_acc_shape"),
                    ("size", "caption_acc_size"), ("position", "caption_acc_position"),
                    ("relation", "caption_acc_relation"), ("letter", "caption_acc_letter"),
@@ -412,6 +444,7 @@ COMPARE_COLUMNS = [
     ("zero-shot", "test", "zeroshot_*_acc"),
     ("caption", "test", "caption_exact_match"),
     ("comp caption", "compositional", "caption_exact_match"),
+    ("comp re-ranked", "compositional", "caption_exact_match_reranked"),
     ("VQA image", "test", "vqa_acc_*"),
     ("VQA own cap.", "test", "vqa_describe_acc_*"),
     ("VQA blind", "test", "vqa_blind_acc_*"),
@@ -720,6 +753,11 @@ def build_parser():
     parser.add_argument("--sample-temperature", type=float, default=0.0,
                         help="--caption only: 0 decodes greedily, above 0 samples, more varied "
                              "the higher (default: %(default)s)")
+    parser.add_argument("--rerank", type=int, default=RERANK_SAMPLES, metavar="SAMPLES",
+                        help="captions re-ranked by the image's vector v among the greedy caption "
+                             "and SAMPLES sampled ones are scored beside the greedy caption "
+                             "(caption_exact_match_reranked); with both heads only; 0: not "
+                             "scored (default: %(default)s)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="where the models run; auto picks CUDA when present "
                              "(default: %(default)s)")
@@ -761,6 +799,8 @@ def main(argv=None):
     if (args.caption or args.ask) and objective == "contrastive":
         raise ValueError(f"{args.ckpt}: trained with --objective contrastive, so it has no "
                          f"prefix to caption or answer with (train with prefix or both)")
+    if args.rerank < 0:
+        raise ValueError(f"--rerank {args.rerank}: expected a number of samples, 0 or more")
     lm, tokenizer = tower.lm, tower.tokenizer
     if args.caption:
         _, prefix = embed_images(embedder, load_image(args.caption, world_cfg.image_size)[None],
@@ -788,7 +828,7 @@ def main(argv=None):
     else:
         support = make_support_split(world_cfg, config["seed"])
         results = evaluate(embedder, tower, make_eval_splits(world_cfg, config["seed"]), support,
-                           device, objective, precision=args.precision)
+                           device, objective, precision=args.precision, rerank=args.rerank)
     print(format_table(results))
     if args.json:
         where = environment(device, args.precision)

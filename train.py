@@ -33,8 +33,8 @@ import torch
 import torch.distributed as dist
 from PIL import Image
 
-from eval import (Parser, add_data_flags, compare, draw_pictures, evaluate, format_table, load_lm,
-                  read_table)
+from eval import (RERANK_SAMPLES, Parser, add_data_flags, compare, draw_pictures, evaluate,
+                  format_table, load_lm, read_table)
 from minivlp import (OBJECTIVES, PRECISIONS, AlignConfig, Checkpoints, LMConfig, LanguageModel,
                      Temperature, TextTower, TrainingStopped, VisualEmbedder, WorldConfig, align,
                      compute_dtype, encode_corpus, environment, fit_whitening, freeze,
@@ -516,7 +516,7 @@ def run(args, configs, asked_vocab):
     support = None if args.data else make_support_split(world_cfg, args.seed)
     evaluation_start = time.perf_counter()
     metrics = evaluate(embedder, tower, held_out, support, device, args.objective,
-                       precision=args.precision)
+                       precision=args.precision, rerank=RERANK_SAMPLES)
     trainable = sum(p.numel() for p in embedder.parameters()) + int(align_cfg.learn_temperature)
     if args.text_tower in LEARNING:
         trainable += sum(p.numel() for p in lm.parameters())

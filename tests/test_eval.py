@@ -4,13 +4,12 @@ on a hand-made case; the side-by-side comparison of runs on hand-made metrics fi
 import json
 import math
 import re
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from eval import choose_by_v
 from minivlp import (COLOURS, POSITIONS, SHAPES, SIZES, Scene, caption, retrieval_metrics,
                      zeroshot_accuracy)
 
@@ -209,11 +208,9 @@ def test_compare_puts_the_seeds_of_a_setting_on_one_row(tmp_path, capsys):
 
 
 def test_rerank_keeps_each_images_candidate_of_highest_cosine():
-    """tests/benchmarks/rerank_captions.py: each image keeps the caption whose embedding has the
-    highest cosine with its own, checked by a loop over F.cosine_similarity; embeddings of
-    different lengths, so that only their directions may count."""
-    sys.path.insert(0, str(Path(__file__).parent / "benchmarks"))
-    from rerank_captions import rerank
+    """eval.py --rerank: each image keeps the caption whose embedding has the highest cosine with
+    its own, checked by a loop over F.cosine_similarity; embeddings of different lengths, so that
+    only their directions may count."""
     generator = torch.Generator().manual_seed(0)
     texts = [f"caption {i}" for i in range(12)]
     table = {text: torch.randn(8, generator=generator) * (1 + i) for i, text in enumerate(texts)}
@@ -221,7 +218,7 @@ def test_rerank_keeps_each_images_candidate_of_highest_cosine():
     candidates = [[texts[j] for j in torch.randint(12, (5,), generator=generator)]
                   for _ in range(30)]                                   # repeats allowed
     embedded = []
-    chosen = rerank(candidates, image_emb, lambda batch: embedded.append(batch) or
+    chosen = choose_by_v(candidates, image_emb, lambda batch: embedded.append(batch) or
                     torch.stack([table[text] for text in batch]))
     expected = [max(options, key=lambda text: F.cosine_similarity(table[text], v, dim=0).item())
                 for options, v in zip(candidates, image_emb)]

@@ -72,6 +72,17 @@ def test_the_headline_tables_are_the_five_locked_runs():
             check(cell, [m["test"][f"{prefix}_{kind}"] for m in locked])
 
 
+def test_the_reranked_captions_table_is_the_five_reruns():
+    reruns = runs("reranked")
+    assert sorted(m["run"]["config"]["seed"] for m in reruns) == [0, 1, 2, 3, 4]
+    assert all(m["run"]["config"]["objective"] == "both" for m in reruns)
+    rows = table_rows("Results")
+    for row, key in [("greedy", "caption_exact_match"),
+                     ("re-ranked by v", "caption_exact_match_reranked")]:
+        for split, cell in zip(["test", "compositional"], rows[row]):
+            check(cell, [m[split][key] for m in reruns])
+
+
 @pytest.mark.parametrize("tower", ["locked", "random", "finetune", "scratch"])
 def test_the_ablation_table_is_the_stored_runs(tower):
     rows = table_rows("What the pretrained LM buys: the text-tower ablation")
@@ -187,6 +198,21 @@ def test_the_design_choices_tables_are_the_stored_runs(heading):
                 assert all(keys[0] not in m[split] for m in stored)
             else:
                 check(cell, [mean_of(m, split, keys) for m in stored])
+
+
+def test_the_new_pairs_table_is_the_stored_benchmark():
+    """results.md's per-pair table against what compositional_pairs.py wrote for the reruns."""
+    stored = json.loads((RUNS / "reranked" / "pairs.json").read_text())
+    page = (ROOT / "tutorials" / "results.md").read_text(encoding="utf-8")
+    rows = table_rows("Captions of new pairs", page)
+    misses = ["other's shape", "shape", "colour", "rest", "no parse"]
+    assert set(rows) - {"pair, objects in the scene"} == set(stored)
+    for pair, counts in stored.items():
+        images, greedy, reranked, *missed = rows[pair]
+        assert int(images) == counts["images"]
+        assert float(greedy) == round(counts["greedy"] / counts["images"], 3)
+        assert float(reranked) == round(counts["reranked"] / counts["images"], 3)
+        assert [int(n) for n in missed] == [counts.get(name, 0) for name in misses]
 
 
 def test_the_digits_table_is_the_stored_evaluations():

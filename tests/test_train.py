@@ -90,6 +90,33 @@ def test_retrieval_written_by_train_matches_a_count_from_the_checkpoint(tiny_run
             assert written[name][f"text_to_image_R@{k}"] == pytest.approx(text_to_image), (name, k)
 
 
+def test_reranking_keeps_the_candidate_nearest_v_checked_by_hand(tiny_run, monkeypatch):
+    """caption_exact_match_reranked of `evaluate`, with the LM's captions replaced by known ones
+    (greedy: another image's caption; sample 3: the image's own; the other samples: other
+    images'), against a choice by hand: the candidate of highest F.cosine_similarity with v,
+    parsed and compared with the scene. The tiny run captions nothing right by itself."""
+    device = torch.device("cpu")
+    tower, embedder, world_cfg, config = evaluation.load_models(
+        load_checkpoint(tiny_run / "minivlp.pt"), device)
+    split = make_eval_splits(world_cfg, config["seed"])["test"]
+    own = [split.captions[j] for j in split.caption_index]
+    def known_captions(lm, tokenizer, prefixes, sample_temperature=0.0, seed=0, **_):
+        return own if seed == 3 else own[seed + 1:] + own[:seed + 1]
+    monkeypatch.setattr(evaluation, "describe", known_captions)
+    support = evaluation.make_support_split(world_cfg, config["seed"])
+    metrics = evaluation.evaluate(embedder, tower, {"test": split}, support, device, "both",
+                                  rerank=8)["test"]
+    image_emb, _ = embed_images(embedder, split.images, device)
+    right = 0
+    for i, scene in enumerate(split.scenes):
+        options = [known_captions(None, None, None, seed=seed)[i] for seed in range(9)]
+        cosines = [F.cosine_similarity(tower([text])[0], image_emb[i], dim=0).item()
+                   for text in options]
+        right += evaluation.parse_caption(options[cosines.index(max(cosines))]) == scene
+    assert right > 0                                        # v finds some images' own caption
+    assert metrics["caption_exact_match_reranked"] == pytest.approx(right / len(split.scenes))
+
+
 @pytest.mark.parametrize("colour", ["red", "blue", "yellow", "white"])
 def test_caption_and_ask_name_the_colour_of_the_image(colour, tmp_path, capsys):
     """tests/colour_reader.py: a checkpoint built by hand whose LM names the colour of what it
