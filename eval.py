@@ -195,6 +195,14 @@ def solved_examples(lm, tokenizer, support_prefixes, support_scenes, kind, shots
 
 RERANK_SAMPLES = 8
 
+def caption_candidates(lm, tokenizer, prefixes, samples):
+    """(N, K, C) prefixes -> N tuples: an image's greedy caption, then `samples` captions sampled
+    at temperature 1 (seeds 1 to samples)."""
+    return list(zip(describe(lm, tokenizer, prefixes), *(
+        describe(lm, tokenizer, prefixes, sample_temperature=1.0, seed=seed)
+        for seed in range(1, samples + 1))))
+
+
 def choose_by_v(candidates, image_emb, embed_texts):
     """For each of N images, the candidate caption whose text embedding has the highest cosine
     with the image's: candidates, N lists of captions; image_emb (N, C); embed_texts: M texts ->
@@ -360,11 +368,9 @@ def evaluate(embedder, tower, splits, support, device, objective, classes=None, 
         elif objective != "contrastive" and name != "paraphrase":
             metrics.update(prefix_metrics(tower.lm, tower.tokenizer, prefixes, split.scenes,
                                           support_prefixes, support.scenes))
-            if objective == "both" and rerank:  # the greedy caption and `rerank` sampled ones
-                candidates = zip(describe(tower.lm, tower.tokenizer, prefixes), *(
-                    describe(tower.lm, tower.tokenizer, prefixes, sample_temperature=1.0, seed=seed)
-                    for seed in range(1, rerank + 1)))
-                chosen = choose_by_v(list(candidates), image_emb, tower)
+            if objective == "both" and rerank:
+                chosen = choose_by_v(caption_candidates(tower.lm, tower.tokenizer, prefixes,
+                                                        rerank), image_emb, tower)
                 metrics["caption_exact_match_reranked"] = float(np.mean(
                     [parse_caption(text) == scene for text, scene in zip(chosen, split.scenes)]))
         results[name] = metrics
@@ -754,10 +760,9 @@ def build_parser():
                         help="--caption only: 0 decodes greedily, above 0 samples, more varied "
                              "the higher (default: %(default)s)")
     parser.add_argument("--rerank", type=int, default=RERANK_SAMPLES, metavar="SAMPLES",
-                        help="captions re-ranked by the image's vector v among the greedy caption "
-                             "and SAMPLES sampled ones are scored beside the greedy caption "
-                             "(caption_exact_match_reranked); with both heads only; 0: not "
-                             "scored (default: %(default)s)")
+                        help="also score the caption the image's vector v picks among the greedy "
+                             "one and SAMPLES sampled ones (caption_exact_match_reranked); both "
+                             "heads only; 0: off (default: %(default)s)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="where the models run; auto picks CUDA when present "
                              "(default: %(default)s)")
@@ -780,6 +785,8 @@ def main(argv=None):
     for template in args.templates:
         if "{}" not in template:
             parser.error(f"--templates: {template!r} has no {{}} for the class name")
+    if args.rerank < 0:
+        parser.error(f"--rerank {args.rerank}: expected a number of samples, 0 or more")
     if args.compare:
         print(compare(args.compare))
         return
@@ -799,8 +806,6 @@ def main(argv=None):
     if (args.caption or args.ask) and objective == "contrastive":
         raise ValueError(f"{args.ckpt}: trained with --objective contrastive, so it has no "
                          f"prefix to caption or answer with (train with prefix or both)")
-    if args.rerank < 0:
-        raise ValueError(f"--rerank {args.rerank}: expected a number of samples, 0 or more")
     lm, tokenizer = tower.lm, tower.tokenizer
     if args.caption:
         _, prefix = embed_images(embedder, load_image(args.caption, world_cfg.image_size)[None],

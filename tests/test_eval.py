@@ -207,7 +207,7 @@ def test_compare_puts_the_seeds_of_a_setting_on_one_row(tmp_path, capsys):
     assert left_out == ["left out, >= 0.99 for every run: para i→t"]
 
 
-def test_rerank_keeps_each_images_candidate_of_highest_cosine():
+def test_choose_by_v_keeps_each_images_candidate_of_highest_cosine():
     """eval.py --rerank: each image keeps the caption whose embedding has the highest cosine with
     its own, checked by a loop over F.cosine_similarity; embeddings of different lengths, so that
     only their directions may count."""
@@ -219,7 +219,7 @@ def test_rerank_keeps_each_images_candidate_of_highest_cosine():
                   for _ in range(30)]                                   # repeats allowed
     embedded = []
     chosen = choose_by_v(candidates, image_emb, lambda batch: embedded.append(batch) or
-                    torch.stack([table[text] for text in batch]))
+                         torch.stack([table[text] for text in batch]))
     expected = [max(options, key=lambda text: F.cosine_similarity(table[text], v, dim=0).item())
                 for options, v in zip(candidates, image_emb)]
     assert chosen == expected

@@ -5,12 +5,16 @@ metrics.json files that train.py wrote for those runs, stored in tutorials/runs/
 import functools
 import json
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from eval import compare, flat
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "benchmarks"))
+from compositional_pairs import MISSES  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -205,14 +209,45 @@ def test_the_new_pairs_table_is_the_stored_benchmark():
     stored = json.loads((RUNS / "reranked" / "pairs.json").read_text())
     page = (ROOT / "tutorials" / "results.md").read_text(encoding="utf-8")
     rows = table_rows("Captions of new pairs", page)
-    misses = ["other's shape", "shape", "colour", "rest", "no parse"]
     assert set(rows) - {"pair, objects in the scene"} == set(stored)
     for pair, counts in stored.items():
         images, greedy, reranked, *missed = rows[pair]
         assert int(images) == counts["images"]
         assert float(greedy) == round(counts["greedy"] / counts["images"], 3)
         assert float(reranked) == round(counts["reranked"] / counts["images"], 3)
-        assert [int(n) for n in missed] == [counts.get(name, 0) for name in misses]
+        assert [int(n) for n in missed] == [counts.get(name, 0) for name in MISSES]
+    glyphs = json.loads((RUNS / "reranked" / "glyphs_seed2.json").read_text())["compositional"]
+    assert f"pairs at {glyphs['caption_exact_match']:.3f}" in " ".join(page.split())
+    assert glyphs["caption_exact_match_reranked"] == glyphs["caption_exact_match"]  # "alike"
+
+
+def test_the_prefixes_tried_are_the_stored_probes():
+    """design.md's table of prefixes tried for new pairs, and the swap's seeds 1 and 2 in its
+    text, against the probes' metrics.json files (the default's seeds 1 and 2: the reruns)."""
+    page = (ROOT / "tutorials" / "design.md").read_text(encoding="utf-8")
+    section = page.split("**Captions of new pairs.**")[1].split("\n## ")[0]
+    probe = lambda name: json.loads((RUNS / "prefixes" / f"{name}.json").read_text())
+    files = {"the default: ": "default", "K learned queries": "queries",
+             "the default plus": "default_plus_queries", "one vector per grid cell": "cells",
+             "from the pooled feature and v": "pooled_and_v", "from v alone": "v_alone",
+             "the default, each colour word": "swap_seed0"}
+    rows = [line.strip("|").split("|") for line in section.splitlines()
+            if line.startswith("| ") and not line.startswith("| prefix")]
+    assert len(rows) == len(files)
+    for first, *cells in rows:
+        metrics = probe(next(name for start, name in files.items() if first.strip().startswith(start)))
+        assert [float(cell) for cell in cells] == [
+            round(metrics["test"]["caption_exact_match"], 3),
+            round(metrics["compositional"]["caption_exact_match"], 3),
+            round(metrics["compositional"]["caption_exact_match_reranked"], 3)], first
+    text = " ".join(section.split())
+    default = {m["run"]["config"]["seed"]: m["compositional"] for m in runs("reranked")}
+    swapped = {seed: probe(f"swap_seed{seed}")["compositional"] for seed in (1, 2)}
+    key, reranked = "caption_exact_match", "caption_exact_match_reranked"
+    assert (f"from {default[1][key]:.3f} to {swapped[1][key]:.3f} and from {default[2][key]:.3f} "
+            f"to {swapped[2][key]:.3f} (re-ranked {swapped[1][reranked]:.3f} and "
+            f"{swapped[2][reranked]:.3f}, against {default[1][reranked]:.3f} and "
+            f"{default[2][reranked]:.3f})") in text
 
 
 def test_the_digits_table_is_the_stored_evaluations():

@@ -94,7 +94,7 @@ def test_reranking_keeps_the_candidate_nearest_v_checked_by_hand(tiny_run, monke
     """caption_exact_match_reranked of `evaluate`, with the LM's captions replaced by known ones
     (greedy: another image's caption; sample 3: the image's own; the other samples: other
     images'), against a choice by hand: the candidate of highest F.cosine_similarity with v,
-    parsed and compared with the scene. The tiny run captions nothing right by itself."""
+    parsed and compared with the scene."""
     device = torch.device("cpu")
     tower, embedder, world_cfg, config = evaluation.load_models(
         load_checkpoint(tiny_run / "minivlp.pt"), device)

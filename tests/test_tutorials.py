@@ -26,8 +26,8 @@ EXACT = {"01_tokens.ipynb", "03_visual_embedder.ipynb", "05_infonce_by_hand.ipyn
 # another order, a few training steps go slightly differently, and a nearest caption or a greedy
 # token can then flip. Each width is about twice the largest change seen between the stored run
 # (2 threads) and a rerun with 1 thread or on another CPU (04, 07 and 08 were stored on a 2-core
-# AMD EPYC with AVX2 and rerun on the CPU that stored them before; the widest such change was
-# 0.24, in 04's synonym R@1, and is given 0.35, not twice); numbers no training touches get 0.
+# AMD EPYC with AVX2 and rerun on the CPU that stored them before: 04's synonym R@1 moved 0.24 and
+# is given 0.35, not twice); numbers no training touches get 0.
 TOLERANCES = {
     "02_language_model.ipynb": {"chance level": 0, "held-out loss": 0.01,
                                 "held-out perplexity": 0.02},

@@ -8,7 +8,8 @@ captioned greedily and re-ranked by v among the greedy caption and 8 samples (ev
 --rerank), one row per held-out pair and number of objects in the scene. An image counts for
 each held-out pair it shows. A wrong greedy caption is put in the first class that fits: the
 pair's shape given as the other object's shape, or as another shape; its colour wrong; the other
-object, the size, position or relation wrong; no caption the grammar can parse. Counts add up
+object, the size, position or relation wrong, or the two objects swapped; no caption the grammar
+can parse. Counts add up
 over the checkpoints. Nothing is trained.
 """
 
@@ -21,7 +22,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from eval import RERANK_SAMPLES, choose_by_v, describe, load_models, parse_caption  # noqa: E402
+from eval import (RERANK_SAMPLES, caption_candidates, choose_by_v, load_models,  # noqa: E402
+                  parse_caption)
 from minivlp import HELD_OUT_PAIRS, embed_images, load_checkpoint, make_eval_splits  # noqa: E402
 
 MISSES = ("other's shape", "shape", "colour", "rest", "no parse")
@@ -31,6 +33,8 @@ def miss(said, scene, pair):
     """Which word of the held-out pair's caption went wrong: one of MISSES."""
     if said is None:
         return "no parse"
+    if said.objects == scene.objects[::-1]:            # both objects right, in each other's place
+        return "rest"
     if len(said.objects) == len(scene.objects):
         for (colour, shape), (said_colour, said_shape) in zip(scene.objects, said.objects):
             if (colour, shape) == pair:
@@ -48,14 +52,15 @@ def count(checkpoints, samples):
     counts = defaultdict(Counter)
     for path in checkpoints:
         tower, embedder, world_cfg, config = load_models(load_checkpoint(path), torch.device("cpu"))
+        if world_cfg.dataset != "shapes" or config["objective"] != "both":
+            sys.exit(f"compositional_pairs.py: {path}: a run of the shapes world with both heads "
+                     f"expected, not --dataset {world_cfg.dataset} --objective {config['objective']}")
         split = make_eval_splits(world_cfg, config["seed"])["compositional"]
-        image_emb, prefixes = embed_images(embedder, split.images, torch.device("cpu"))
-        greedy = describe(tower.lm, tower.tokenizer, prefixes)
-        candidates = zip(greedy, *(describe(tower.lm, tower.tokenizer, prefixes,
-                                            sample_temperature=1.0, seed=seed)
-                                   for seed in range(1, samples + 1)))
-        chosen = choose_by_v(list(candidates), image_emb, tower)
-        for scene, first, best in zip(split.scenes, greedy, chosen):
+        image_emb, prefixes = embed_images(embedder, split.images,
+                                           torch.device("cpu"))          # (N, C), (N, K, C)
+        candidates = caption_candidates(tower.lm, tower.tokenizer, prefixes, samples)
+        chosen = choose_by_v(candidates, image_emb, tower)
+        for scene, (first, *_), best in zip(split.scenes, candidates, chosen):
             said = parse_caption(first)
             for pair in sorted(set(scene.objects) & HELD_OUT_PAIRS):
                 row = counts[(*pair, len(scene.objects))]
@@ -69,10 +74,10 @@ def count(checkpoints, samples):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--ckpt", nargs="+", required=True, help="minivlp.pt files of built-in "
-                        "world runs with both heads (e.g. the five seeds of the default run)")
+    parser.add_argument("--ckpt", nargs="+", required=True, help="minivlp.pt files of shapes-world "
+                        "runs with both heads (e.g. the five seeds of the default run)")
     parser.add_argument("--samples", type=int, default=RERANK_SAMPLES,
-                        help="captions sampled an image for the re-ranking (default: %(default)s)")
+                        help="captions sampled per image for the re-ranking (default: %(default)s)")
     parser.add_argument("--json", help="also write the counts here")
     args = parser.parse_args()
     counts = count(args.ckpt, args.samples)
