@@ -111,13 +111,13 @@ def test_the_reading_tables_are_the_stored_runs_and_benchmark():
     by_object = ["colour_first", "colour_second", "shape_first", "shape_second", "exists_first",
                  "exists_second", "exists_absent"]
     default = runs("reading/default")
-    assert [m["run"]["config"]["lm"]["taps"] for m in default] == [1] * 3
+    assert [m["run"]["config"]["lm"]["taps"] for m in default] == [1] * 5
     settings = {"image": "vqa_acc", "image, own caption": "vqa_describe_acc",
                 "true caption": "vqa_text_acc", "blind": "vqa_blind_acc"}
     for row, prefix in settings.items():
         for kind, cell in zip(by_object, rows[row], strict=True):
             check(cell, [m["test"][f"{prefix}_{kind}"] for m in default])
-    for first, name in {"default (0–2)": "default", "reading recipe (0–2)": "recipe"}.items():
+    for first, name in {"default (0–4)": "default", "reading recipe (0–4)": "recipe"}.items():
         stored = runs(f"reading/{name}")
         bench = json.loads((RUNS / "reading" / f"{name}.json").read_text())
         assert sorted(int(seed) for seed in bench) == [m["run"]["config"]["seed"] for m in stored]

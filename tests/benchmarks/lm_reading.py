@@ -13,7 +13,8 @@ For each checkpoint of the shapes world (an lm.pt or minivlp.pt), from text alon
                 colour); an LM that answers by position fails one of each pair
 Then the reading tests as pretraining went, every 100 steps (the history in the checkpoint): the
 phase change in which copying appears. Last, the mean (min-max) over the checkpoints; --json
-writes every seed's numbers to a file (tutorials/runs/reading.json holds the README's).
+writes every seed's numbers to a file (tutorials/runs/reading/default.json and recipe.json hold
+results.md's).
 """
 
 import argparse
