@@ -195,6 +195,7 @@ def solved_examples(lm, tokenizer, support_prefixes, support_scenes, kind, shots
 
 RERANK_SAMPLES = 8
 
+
 def caption_candidates(lm, tokenizer, prefixes, samples):
     """(N, K, C) prefixes -> N tuples: an image's greedy caption, then `samples` captions sampled
     at temperature 1 (seeds 1 to samples)."""
