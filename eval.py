@@ -125,9 +125,13 @@ def query_length(tokenizer, question, reference):
 
 
 def verdict(text):
-    """What an answer says: the 'yes' or 'no' after ', so ' in an `exists` chain, else the whole
-    answer (so a caption that happens to end with the right word is not a right answer)."""
-    return text.rsplit(", so ", 1)[-1]
+    """What an answer says: the 'yes' or 'no' after ', so ' in an `exists` chain, the last word
+    of a `chained` answer ('the circle is red', 'the red object is a circle': an LM of the
+    reading recipe answers so), else the whole answer (so a caption that happens to end with the
+    right word is not a right answer)."""
+    said = text.rsplit(", so ", 1)[-1]
+    chain = re.fullmatch(r"the \w+(?: object)? is (?:a )?(\w+)", said)
+    return chain[1] if chain else said
 
 
 def answer(lm, tokenizer, contexts, question_texts, max_new_tokens=None, batch_size=500):

@@ -147,6 +147,10 @@ class CausalSelfAttention(nn.Module):
     taps = 1, the default, is plain attention; why: tutorials/design.md, "Reading its context".
 
         qkv'_t = Σ_{j < taps} w_j ⊙ qkv_{t-j}      (w_j: a weight a channel; 0 before the row)
+
+    The w_j are vectors, like a LayerNorm's scale, so AdamW does not shrink them (adamw): shrunk,
+    the earlier taps fade, and a value no longer carries the token before it, which is what
+    `what colour is the circle?` reads at the caption's `circle`.
     """
 
     def __init__(self, width, heads, context, taps):
@@ -159,8 +163,8 @@ class CausalSelfAttention(nn.Module):
         # finds a previous token to match from the first step. One tap: plain attention.
         self.taps = None
         if taps > 1:
-            self.taps = nn.Parameter(torch.cat([torch.ones(1, 3 * width),
-                                                torch.full((taps - 1, 3 * width), 0.3)]))
+            self.taps = nn.ParameterList(nn.Parameter(torch.full((3 * width,), 1.0 if j == 0 else 0.3))
+                                         for j in range(taps))
         # position t may attend to positions <= t only
         self.register_buffer("causal_mask", torch.ones(context, context).tril().bool(),
                              persistent=False)
@@ -296,7 +300,7 @@ def warmup_cosine(warmup_steps, total_steps):
 
 
 def adamw(parameters, lr, weight_decay, device):
-    """AdamW with decay on matrices only (biases, norms and scalars are not shrunk)."""
+    """AdamW with decay on matrices only (biases, norms, attention taps and scalars are not shrunk)."""
     parameters = [p for p in parameters if p.requires_grad]
     groups = [{"params": [p for p in parameters if p.dim() >= 2], "weight_decay": weight_decay},
               {"params": [p for p in parameters if p.dim() < 2], "weight_decay": 0.0}]
@@ -311,22 +315,36 @@ def keyed_generator(*key):
     return torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
 
 
-def random_windows(stream, batch_size, context, generator):
-    """(B, context) inputs and the (B, context) next tokens they must predict."""
-    starts = torch.randint(len(stream) - context, (batch_size,), generator=generator)  # last: L-C-1
+def random_windows(stream, batch_size, context, generator, starts=None):
+    """(B, context) inputs and the (B, context) next tokens they must predict. starts: the
+    positions a window may start at (document_starts), or None: anywhere."""
+    if starts is None:
+        starts = torch.randint(len(stream) - context, (batch_size,), generator=generator)  # last: L-C-1
+    else:
+        starts = starts[torch.randint(len(starts), (batch_size,), generator=generator)]
     windows = torch.stack([stream[s:s + context + 1] for s in starts.tolist()])  # (B, context+1)
     return windows[:, :-1], windows[:, 1:]
 
 
+def document_starts(stream, context):
+    """The positions of a stream's <bos> (its first token opens every document) where a window
+    of `context` tokens and its next token fit."""
+    return torch.nonzero(stream[:len(stream) - context] == stream[0]).flatten()
+
+
 @torch.no_grad()
-def held_out_loss(lm, stream, context, device, batch_size=256, precision="auto"):
-    """Mean next-token cross-entropy over the held-out stream, cut into consecutive windows."""
+def held_out_loss(lm, stream, context, device, batch_size=256, precision="auto",
+                  by_document=False):
+    """Mean next-token cross-entropy over the held-out stream, cut into consecutive windows, or
+    with by_document (as the reading recipe trains) a window from each document's start."""
     was_training = lm.training
     lm.eval()
     context = min(context, len(stream) - 1)                             # a small held-out corpus
-    n = (len(stream) - 1) // context
-    inputs = stream[:n * context].view(n, context)                      # (n, context)
-    targets = stream[1:n * context + 1].view(n, context)
+    starts = (document_starts(stream, context) if by_document
+              else torch.arange(0, len(stream) - context, context))     # (n,)
+    n = len(starts)
+    inputs = torch.stack([stream[s:s + context] for s in starts.tolist()])       # (n, context)
+    targets = torch.stack([stream[s + 1:s + context + 1] for s in starts.tolist()])
     total = 0.0
     for i in range(0, n, batch_size):
         with autocast(device, precision):
@@ -342,7 +360,9 @@ def pretrain_lm(lm, train_stream, held_out_stream, cfg, device, seed, checkpoint
     """Next-token cross-entropy, AdamW, warmup + cosine decay, gradient clipping.
 
     The first cfg.reading_steps steps read drill_stream (the reading drills, Part 9), if given,
-    and the rest train_stream. reading: {name: lm -> accuracy} (reading_tests), run every 100
+    and the rest train_stream. With drills (the reading recipe) every row starts at a document,
+    so that a question and the caption it asks about are read together; otherwise a window may
+    start anywhere, and a question far into a document is often cut from its caption. reading: {name: lm -> accuracy} (reading_tests), run every 100
     steps and shown on the progress bar, so that the step where copying appears can be seen.
     Returns a history with the training loss per step, the reading tests per 100 steps and at the
     end, and the held-out loss and perplexity. checkpoints (a Checkpoints) saves the loop's state
@@ -360,14 +380,18 @@ def pretrain_lm(lm, train_stream, held_out_stream, cfg, device, seed, checkpoint
     first_step = checkpoints.start("lm", cfg.steps, {"lm": lm}, optimizer, schedule, history,
                                    scaler)
     shown = {}
+    by_document = drill_stream is not None
+    train_starts = document_starts(train_stream, cfg.context) if by_document else None
+    drill_starts = document_starts(drill_stream, cfg.context) if by_document else None
     start = time.perf_counter()
     bar = tqdm(range(first_step, cfg.steps), desc="pretrain LM", dynamic_ncols=True,
                initial=first_step, total=cfg.steps, disable=rank > 0)
     for step in bar:
         drilling = drill_stream is not None and step < cfg.reading_steps
-        stream = drill_stream if drilling else train_stream
+        stream, starts = (drill_stream, drill_starts) if drilling else (train_stream, train_starts)
         inputs, targets = random_windows(stream, cfg.batch_size // world, cfg.context,
-                                         keyed_generator(seed, 1, step, rank))  # each rank its own
+                                         keyed_generator(seed, 1, step, rank),  # each rank its own
+                                         starts)
         inputs, targets = inputs.to(device), targets.to(device)
         with autocast(device, precision):
             logits = lm.logits(model(inputs))                           # (B, T, V)
@@ -394,7 +418,7 @@ def pretrain_lm(lm, train_stream, held_out_stream, cfg, device, seed, checkpoint
     history.update({name: test(lm) for name, test in reading.items()})
     history["tokens_per_s"] = (cfg.steps - first_step) * cfg.batch_size * cfg.context / history["seconds"]
     history["held_out_loss"] = held_out_loss(lm, held_out_stream, cfg.context, device,
-                                             precision=precision)
+                                             precision=precision, by_document=by_document)
     history["held_out_perplexity"] = math.exp(history["held_out_loss"])
     return history
 
@@ -874,7 +898,8 @@ def image_batches(images, rows_of_step, steps, device, workers=2):
 
 
 def align(embedder, temperature, tower, images, caption_index, captions, cfg, objective, device,
-          seed, scenes=None, train_lm=False, checkpoints=None, compile=False, precision="auto"):
+          seed, scenes=None, train_lm=False, checkpoints=None, compile=False, precision="auto",
+          chain=False):
     """Train the embedder (and a learned τ) against the LM of the text tower.
 
     contrastive  InfoNCE between g(I_i) and t_i (§4.2)
@@ -891,7 +916,8 @@ def align(embedder, temperature, tower, images, caption_index, captions, cfg, ob
     step, and the LM is frozen again at the end, for evaluation. checkpoints (a Checkpoints)
     saves the loop's state as it goes, or resumes it. Under torchrun each process takes
     cfg.batch_size / W of each step's batch (batch_rows). compile=True compiles the embedder;
-    precision as in compute_dtype."""
+    precision as in compute_dtype. chain: the LM was pretrained on the reading corpus, which
+    answers `chained`; teacher_loss then teaches its answers in that form."""
     assert objective in OBJECTIVES, objective
     checkpoints = checkpoints or Checkpoints()
     lm, tokenizer = tower.lm, tower.tokenizer
@@ -938,6 +964,8 @@ def align(embedder, temperature, tower, images, caption_index, captions, cfg, ob
                 rows = batch[:cfg.question_rows // world].tolist()
                 rng = np.random.default_rng((seed, 6, step, rank))
                 asked = [pick(rng, questions(scenes[row], rng))[:2] for row in rows]
+                if chain:  # the LM learned to answer chained: its answers teach in that form
+                    asked = [(question, chained(question, answer)) for question, answer in asked]
                 # Weighted by the share of the batch asked: an asked image weighs what it would
                 # if all B were, and asking a few keeps the cost small (tutorials/speed.md).
                 loss = loss + teacher_loss(lm, tokenizer, prefix[:len(rows)],
@@ -1381,7 +1409,7 @@ def random_wording(rng, synonyms=SYNONYMS):
     return {word: synonym for word, synonym in synonyms.items() if rng.random() < 0.5}
 
 
-def corpus_document(rng, dataset="shapes"):
+def corpus_document(rng, dataset="shapes", reading=False):
     """A text-only document about a random scene (held-out pairs included, image never drawn).
 
     Three captions of the same scene, then questions with their answers (answers in plain words).
@@ -1391,31 +1419,57 @@ def corpus_document(rng, dataset="shapes"):
       restatements as 'red', so the LM must treat them alike to predict what comes next;
     - the exact repeats teach copying from earlier in the document, a skill the tiny LM must
       learn first, and which fresh restatements alone do not teach it.
+    The reading corpus (reading=True, the reading recipe) writes two captions and two questions,
+    so that a document fits in one row of the LM's context with its caption, and its answers
+    `chained`.
     """
     world = WORLDS[dataset]
     scene = world["random"](rng, held_out=None)
     first = random_wording(rng, world["synonyms"])
     lines = [caption(scene, first)]
-    for _ in range(2):
+    for _ in range(1 if reading else 2):
         lines.append(caption(scene, first if rng.random() < 0.5
                              else random_wording(rng, world["synonyms"])))
     document = "\n".join(lines)
     # Questions in a random order: in a fixed one (count first), the LM answered the first
     # question by its slot ('two' to 'is there a red square?'), and evaluation asks each one there.
     asked = questions(scene, rng)
-    return document + answered(rng, [asked[i] for i in rng.permutation(len(asked))],
-                               world["synonyms"])
+    asked = [asked[i] for i in rng.permutation(len(asked))[:2 if reading else len(asked)]]
+    return document + answered(rng, asked, world["synonyms"], reading)
 
 
-def answered(rng, asked, synonyms=SYNONYMS):
+def answered(rng, asked, synonyms=SYNONYMS, chain=False):
     """'\nq: QUESTION a: ANSWER' for each (question, answer, kind) in turn; each question's
-    words are swapped for synonyms at random (random_wording), answers stay plain."""
+    words are swapped for synonyms at random (random_wording), answers stay plain. With chain,
+    each answer is `chained`, its echo of the question in the question's words."""
     lines = ""
     for question, answer, _ in asked:
         wording = random_wording(rng, synonyms)
+        if chain:
+            echoed = question.split(" ")
+            answer = " ".join(wording.get(word, word) if word in echoed else word
+                              for word in chained(question, answer).split(" "))
         question = " ".join(wording.get(word, word) for word in question.split(" "))
         lines += f"{question_prompt(question)} {answer}"
     return lines
+
+
+def chained(question, answer):
+    """The reading corpus's answers name the object asked about first, then what is asked of it:
+    'what colour is the circle?' -> 'the circle is red', 'what shape is the red object?' -> 'the
+    red object is a circle', and the `exists` chain 'i see a green triangle, so no' -> 'the
+    triangle is green, so no'. After 'the circle is', the colour is the word just before
+    `circle` in the caption: one lookup. After 'a:' the LM would first have to carry `circle`
+    there from the question, a second step the tiny LM does not learn (tutorials/design.md,
+    "Reading its context"). Other answers stay as they are."""
+    colour_of = re.fullmatch(r"what colour is the (\w+)\?", question)
+    if colour_of:
+        return f"the {colour_of[1]} is {answer}"
+    shape_of = re.fullmatch(r"what shape is the (\w+) object\?", question)
+    if shape_of:
+        return f"the {shape_of[1]} object is a {answer}"
+    return re.sub(r"^i see (a .*), so", lambda seen: re.sub(r"a (\w+) (\w+)", r"the \2 is \1",
+                                                            seen[1]) + ", so", answer)
 
 
 def question_prompt(question):
@@ -1424,27 +1478,41 @@ def question_prompt(question):
     return f"\nq: {question} a:"
 
 
-def make_corpus(n_documents, seed, dataset="shapes", lookups=False):
-    """The LM's pretraining text: a list of documents, larger than the paired set. With lookups
-    (the reading recipe, shapes world), an eighth more are lookup documents (lookup_document),
-    after the scene documents: the held-out 5% (the first documents) stays scene documents."""
+def make_corpus(n_documents, seed, dataset="shapes", reading=False):
+    """The LM's pretraining text: a list of documents, larger than the paired set. reading: the
+    reading recipe's corpus (shapes world): shorter scene documents with `chained` answers, and a
+    quarter more lookup documents (lookup_document) after them, so that the held-out 5% (the
+    first documents) stays scene documents."""
     rng = np.random.default_rng((seed, 0))
-    documents = [corpus_document(rng, dataset) for _ in range(n_documents)]
-    if lookups and dataset == "shapes":
-        documents += [lookup_document(rng) for _ in range(n_documents // 8)]
+    reading = reading and dataset == "shapes"
+    documents = [corpus_document(rng, dataset, reading) for _ in range(n_documents)]
+    if reading:
+        documents += [lookup_document(rng) for _ in range(n_documents // 4)]
     return documents
 
 
 def lookup_document(rng):
-    """A two-object caption, then three of its object_questions: the corpus's scene documents ask
-    one lookup by object in four, these ask three."""
-    while True:
-        scene = random_scene(rng, held_out=None)
-        asked = object_questions(scene)
-        if asked:
-            break
-    document = caption(scene, random_wording(rng))
-    return document + answered(rng, [asked[i] for i in rng.permutation(len(asked))[:3]])
+    """Two or three objects in a line ('a red circle above a blue square to the left of a green
+    cross'), then two questions, chained, that name one object by the other attribute or ask
+    whether a colour+shape is there; plain words. With three objects, answering by position (the
+    first colour read, or the last) fails most questions: only reading by object pays."""
+    objects = distinct_objects(rng, int(rng.integers(2, 4)))
+    line = ""
+    for i, (colour, shape) in enumerate(objects):
+        line += (f" {pick(rng, list(RELATIONS.values()))} " if i else "") + f"a {colour} {shape}"
+    colours, shapes = [c for c, _ in objects], [s for _, s in objects]
+    asked = []
+    for colour, shape in objects:  # only questions that name a single object
+        if shapes.count(shape) == 1:
+            asked.append((f"what colour is the {shape}?", colour, "colour"))
+        if colours.count(colour) == 1:
+            asked.append((f"what shape is the {colour} object?", shape, "shape"))
+    for _ in range(2):  # half the time about an object that is there, as in shapes_questions
+        pair = (pick(rng, list(COLOURS)), pick(rng, SHAPES))
+        if rng.random() < 0.5:
+            pair = objects[int(rng.integers(len(objects)))]
+        asked.append((f"is there a {pair[0]} {pair[1]}?", exists_answer(objects, pair), "exists"))
+    return line + answered(rng, [asked[i] for i in rng.permutation(len(asked))[:2]], {}, True)
 
 
 # Reading drills. An LM learns to copy from its context in a sudden *phase change*, once its
@@ -1500,11 +1568,12 @@ def naming_document(rng):
 
 def reading_drills(n_documents, seed, words, naming):
     """n_documents // 4 repeated spans of `words`, and with naming (the shapes world)
-    n_documents // 8 naming documents."""
+    n_documents // 8 naming documents and as many lookup documents."""
     rng = np.random.default_rng((seed, 5))
     drills = [repeat_document(rng, words) for _ in range(n_documents // 4)]
     if naming:
         drills += [naming_document(rng) for _ in range(n_documents // 8)]
+        drills += [lookup_document(rng) for _ in range(n_documents // 8)]
     return drills
 
 

@@ -268,7 +268,7 @@ def read_corpus(args, world_cfg, lm_cfg, data, seed):
     as the line before the caption ('<bos> [image] \n caption \n')."""
     if not args.text and not args.data:
         return (make_corpus(world_cfg.corpus_documents, seed, world_cfg.dataset,
-                            lookups=lm_cfg.reading_steps > 0), "built-in corpus")
+                            reading=lm_cfg.reading_steps > 0), "built-in corpus")
     if args.text:
         lines = [line.strip() for line in read_text(args.text).splitlines() if line.strip()]
         source = args.text
@@ -362,7 +362,7 @@ def align_stage(tokenizer, lm, train, world_cfg, lm_cfg, align_cfg, objective, t
     history = align(embedder, temperature, tower, train.images, train.caption_index,
                     train.captions, align_cfg, objective, device, seed, scenes=train.scenes,
                     train_lm=text_tower in LEARNING, checkpoints=checkpoints, compile=compile,
-                    precision=precision)
+                    precision=precision, chain=lm_cfg.reading_steps > 0)
     print(f"alignment: {align_cfg.steps} steps in {history['seconds']:.1f} s, "
           f"{history['images_per_s']:,.0f} images/s, final τ {temperature().item():.4f}")
     return tower, embedder, temperature, history

@@ -28,7 +28,8 @@ def test_attention_is_scaled_dot_product_attention_over_rows_mixed_by_a_loop():
     torch.manual_seed(0)
     attention = CausalSelfAttention(width=32, heads=4, context=16, taps=3)
     with torch.no_grad():
-        attention.taps.normal_()                        # not the initial weights: any weights
+        for weights in attention.taps:
+            weights.normal_()                           # not the initial weights: any weights
     x = torch.randn(3, 11, 32)
     B, T, C = x.shape
     rows = attention.qkv(x)                             # (B, T, 3C)

@@ -45,6 +45,10 @@ def test_exists_answers_name_the_asked_things_then_say_whether_the_asked_object_
     assert seen["is there a red letter m?"] == "i see no letter m, so no"
     assert verdict("i see no circle, so no") == "no" and verdict("red") == "red"
     assert verdict("a small red circle on the left") != "left"          # not a position answer
+    # the reading recipe's chained answers: the last word, after the object asked about
+    assert verdict("the circle is red") == "red" and verdict("the red object is a circle") == "circle"
+    assert verdict("the triangle is green, so no") == "no"
+    assert verdict("the circle is red and the square is blue") != "blue"  # not one chained answer
     # Over many scenes the verdict agrees with a plain look through the objects.
     rng = np.random.default_rng(1)
     for scene in [random_scene(rng, None) for _ in range(300)] + [random_glyph(rng, None)
