@@ -67,7 +67,7 @@ class LMConfig:
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     taps: int = 1                # positions each q, k, v mixes (4: copying can form, Part 2)
-    reading_steps: int = 0       # first steps on reading drills alone; > 0 adds them (Part 9)
+    reading_steps: int = 0       # first steps on reading drills alone; > 0: reading corpus (Part 9)
 
 
 @dataclass
@@ -163,8 +163,8 @@ class CausalSelfAttention(nn.Module):
         # finds a previous token to match from the first step. One tap: plain attention.
         self.taps = None
         if taps > 1:
-            self.taps = nn.ParameterList(nn.Parameter(torch.full((3 * width,), 1.0 if j == 0 else 0.3))
-                                         for j in range(taps))
+            self.taps = nn.ParameterList(
+                nn.Parameter(torch.full((3 * width,), 1.0 if j == 0 else 0.3)) for j in range(taps))
         # position t may attend to positions <= t only
         self.register_buffer("causal_mask", torch.ones(context, context).tril().bool(),
                              persistent=False)
@@ -300,7 +300,7 @@ def warmup_cosine(warmup_steps, total_steps):
 
 
 def adamw(parameters, lr, weight_decay, device):
-    """AdamW with decay on matrices only (biases, norms, attention taps and scalars are not shrunk)."""
+    """AdamW with decay on matrices only (biases, norms, attention taps, scalars are not shrunk)."""
     parameters = [p for p in parameters if p.requires_grad]
     groups = [{"params": [p for p in parameters if p.dim() >= 2], "weight_decay": weight_decay},
               {"params": [p for p in parameters if p.dim() < 2], "weight_decay": 0.0}]

@@ -204,19 +204,24 @@ def test_binding_drills_answer_from_their_own_caption():
 
 def test_lookup_forms_ask_the_colour_of_the_named_shape():
     """tests/benchmarks/lookup_direction.py: in every form the answer is the colour that the
-    caption gives the shape asked about, before it ('question', 'before') or after it ('after'),
-    checked by parsing the caption's words."""
+    caption gives the shape asked about, before it ('question', 'chain', 'before') or after it
+    ('after'), checked by parsing the caption's words."""
     sys.path.insert(0, str(Path(__file__).parent / "benchmarks"))
     from lookup_direction import lookup
     rng = np.random.default_rng(0)
-    for form in ("question", "before", "after"):
+    for form in ("question", "chain", "before", "after"):
         for _ in range(100):
             prompt, answer = lookup(rng, form)
             caption, asked = prompt.split("\n")
+            if form == "chain":                        # '... a: the circle is' -> the question's
+                asked, chain = asked.split(" a: ")
+                asked += " a:"
+                assert chain == f"the {asked.split(' ')[-2][:-1]} is"
             words = caption.split(" ")                 # 'a red circle above a blue square'
             pairs = [(words[1], words[2]), (words[-2], words[-1])]
             if form == "after":                        # 'a circle red above a square blue'
                 pairs = [(second, first) for first, second in pairs]
             shape = asked.rstrip("? a:").split(" ")[-1]
             assert [answer] == [f" {colour}" for colour, s in pairs if s == shape]
-            assert asked == (f"q: what colour is the {shape}? a:" if form == "question" else f"q: {shape}")
+            assert asked == (f"q: what colour is the {shape}? a:" if form in ("question", "chain")
+                             else f"q: {shape}")

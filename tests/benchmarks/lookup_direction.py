@@ -7,22 +7,25 @@ that ends the question, to carry `circle` there from the question, find it in th
 read the word *before* it. An induction head, the circuit small transformers are known to learn
 for copying, does less: it reads the word *after* an earlier copy of the word it stands on. So
 this trains models on the answer alone (the loss is on the answer token, nothing else), for
-two-object scenes, in three forms:
+two-object scenes, in four forms:
 
   question    'a red circle above a blue square \n q: what colour is the circle? a:' -> ' red'
+  chain       '... \n q: what colour is the circle? a: the circle is' -> ' red'  (minivlp.chained)
   before      'a red circle above a blue square \n q: circle' -> ' red'
   after       'a circle red above a square blue \n q: circle' -> ' red'   (an induction)
 
-and three models of the default LM's sizes (width, depth, heads, context; --ckpt gives them and
+and five models of the default LM's sizes (width, depth, heads, context; --ckpt gives them and
 the tokenizer): minivlp's LanguageModel as it is initialised (every weight N(0, 0.02), GPT-2's
-rule), the same with its token and position embeddings drawn N(0, 1), and torch's own pre-LN
-nn.TransformerEncoder with torch's default initialisation (a reference written by others). It
-prints each model's accuracy on 500 held-out scenes every 200 steps; 0.5 is picking one of the
-caption's two colours at random.
+rule), the same with its token and position embeddings drawn N(0, 1), the same with its linear
+weights drawn N(0, 1/fan-in), the same with q, k and v mixed over 4 taps (the reading recipe),
+and torch's own pre-LN nn.TransformerEncoder with torch's default initialisation (a reference
+written by others). It prints each model's accuracy on 500 held-out scenes every 200 steps; 0.5
+is picking one of the caption's two colours at random.
 """
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +52,9 @@ def lookup(rng, form):
     colour, shape = scene.objects[int(rng.integers(2))]
     if form == "question":
         return text + question_prompt(f"what colour is the {shape}?"), f" {colour}"
+    if form == "chain":
+        return (text + question_prompt(f"what colour is the {shape}?") + f" the {shape} is",
+                f" {colour}")
     return f"{text}\nq: {shape}", f" {colour}"
 
 
@@ -92,7 +98,18 @@ def with_unit_embeddings(cfg):
     return lm
 
 
+def with_fan_in_weights(cfg):
+    """LanguageModel with its linear weights redrawn N(0, 1/fan-in): for width 128, std 0.088."""
+    lm = LanguageModel(cfg)
+    for module in lm.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=module.in_features ** -0.5)
+    return lm
+
+
 MODELS = {"LanguageModel": LanguageModel, "LanguageModel, embeddings N(0, 1)": with_unit_embeddings,
+          "LanguageModel, weights N(0, 1/fan-in)": with_fan_in_weights,
+          "LanguageModel, 4 taps": lambda cfg: LanguageModel(replace(cfg, taps=4)),
           "torch TransformerEncoder": TorchReference}
 
 
@@ -135,7 +152,7 @@ def main():
     tokenizer, _, cfg = load_lm(load_checkpoint(args.ckpt), torch.device("cpu"))
     print(f"held-out accuracy every 200 steps, {args.steps} steps of {args.batch_size}, "
           f"lr {args.lr}")
-    for form in ("question", "before", "after"):
+    for form in ("question", "chain", "before", "after"):
         for name, build in MODELS.items():
             torch.manual_seed(0)
             accuracies = train(build(cfg).train(), tokenizer, form, cfg, args)
