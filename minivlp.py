@@ -1601,7 +1601,7 @@ def copy_test(tokenizer, words, context, n_rows, seed=0):
 def naming_test(tokenizer, ways, context, n_rows, seed=0):
     """Rows of `ways` objects with held-out names, then one of them again: 'a red circle is a
     kipo \n a blue square is a zuve \n a red circle is a' -> ' kipo \n' is scored (the name, and
-    that it ends there). A row that does not fit the context is drawn again, as in copy_test."""
+    that it ends there: scored_right takes <eos> for the newline). A row that does not fit the context is drawn again, as in copy_test."""
     rng = np.random.default_rng((seed, 8, ways))
     rows, scored = [], []
     for _ in range(20 * n_rows):
@@ -1623,11 +1623,13 @@ def naming_test(tokenizer, ways, context, n_rows, seed=0):
 @torch.no_grad()
 def scored_right(lm, tokenizer, rows, scored, whole_rows):
     """Where the LM's most likely next token is the true one: the share of scored tokens, or
-    with whole_rows the share of rows right at every scored token."""
+    with whole_rows the share of rows right at every scored token. A line ends right at a newline
+    or at <eos>: a naming document ends with the name asked for, so after it both are likely."""
     was_training = lm.training
     lm.eval()
     ids = pad_rows(rows, tokenizer.pad_id).to(lm.token_emb.weight.device)
     predicted = lm.logits(lm(ids)).argmax(-1).cpu()                     # (B, T)
+    predicted[predicted == tokenizer.eos_id] = tokenizer.encode("\n")[-1]
     lm.train(was_training)
     right = [[predicted[i, j - 1].item() == row[j] for j in positions]
              for i, (row, positions) in enumerate(zip(rows, scored))]

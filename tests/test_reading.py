@@ -165,6 +165,26 @@ def test_the_scorer_gives_one_to_an_lm_that_knows_and_zero_to_one_that_does_not(
         assert scored_right(lm, tokenizer, rows, scored, whole_rows=False) == expected
 
 
+class EndsWithEos(StandIn):
+    """Right at every token, but <eos> where the true next token is a newline."""
+
+    def logits(self, ids):
+        following = torch.roll(ids, -1, dims=1)
+        following[following == self.newline] = self.eos
+        return torch.nn.functional.one_hot(following, self.vocab_size).float()
+
+
+def test_a_name_may_end_at_the_end_of_the_document(tokenizer):
+    rows, scored = naming_test(tokenizer, 2, 64, 10)
+    assert all(row[positions[-1]] == tokenizer.encode("\n")[-1]
+               for row, positions in zip(rows, scored))          # each row's last scored: newline
+    lm = EndsWithEos(tokenizer.vocab_size, right=True)
+    lm.newline, lm.eos = tokenizer.encode("\n")[-1], tokenizer.eos_id
+    assert scored_right(lm, tokenizer, rows, scored, whole_rows=True) == 1.0
+    lm.newline = rows[0][scored[0][0]]                 # <eos> in place of the name's first token
+    assert scored_right(lm, tokenizer, rows[:1], scored[:1], whole_rows=True) == 0.0
+
+
 def test_a_context_too_small_for_any_row_drops_that_test(tokenizer):
     words = text_words(make_corpus(50, 0))
     assert set(reading_tests(tokenizer, 64, words, naming=True, n_rows=5)) == \
