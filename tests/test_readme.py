@@ -265,3 +265,21 @@ def test_the_digits_table_is_the_stored_evaluations():
                   numerals["image_to_text_R@1"], numerals["text_to_image_R@1"]]
         for cell, value in zip(cells, values):
             check(cell, [value])
+
+
+def test_the_reading_recipes_probes_are_the_stored_ones():
+    """design.md, "Reading its context": the probe table and the initialisation probes in its
+    text, against tutorials/runs/reading/probes.json (what lm_reading.py printed for each probe)."""
+    page = (ROOT / "tutorials" / "design.md").read_text(encoding="utf-8")
+    rows = table_rows("Reading its context: copying and binding, the reading recipe", page)
+    probes = json.loads((RUNS / "reading" / "probes.json").read_text())
+    del rows["probe"]
+    assert set(rows) <= set(probes) and len(rows) == 11
+    two = lambda probe, key: f"{probe[f'{key}_first']:.2f} / {probe[f'{key}_second']:.2f}"
+    for first, cells in rows.items():
+        probe = probes[first]
+        assert cells == [f"{probe['copy']:.2f}", f"{probe['names_2way']:.2f}", two(probe, "colour"),
+                         two(probe, "shape"), f"{probe['exists_absent']:.2f}"], first
+    text = " ".join(page.split())
+    for first in set(probes) - set(rows):              # the N(0, 1/fan-in) probes
+        assert two(probes[first], "colour") in text, first
