@@ -362,8 +362,9 @@ def pretrain_lm(lm, train_stream, held_out_stream, cfg, device, seed, checkpoint
     The first cfg.reading_steps steps read drill_stream (the reading drills, Part 9), if given,
     and the rest train_stream. With drills (the reading recipe) every row starts at a document,
     so that a question and the caption it asks about are read together; otherwise a window may
-    start anywhere, and a question far into a document is often cut from its caption. reading: {name: lm -> accuracy} (reading_tests), run every 100
-    steps and shown on the progress bar, so that the step where copying appears can be seen.
+    start anywhere, and a question far into a document is often cut from its caption.
+    reading: {name: lm -> accuracy} (reading_tests), run every 100 steps and shown on the
+    progress bar, so that the step where copying appears can be seen.
     Returns a history with the training loss per step, the reading tests per 100 steps and at the
     end, and the held-out loss and perplexity. checkpoints (a Checkpoints) saves the loop's state
     as it goes, or resumes it. compile=True runs the model through torch.compile (see
@@ -1601,7 +1602,8 @@ def copy_test(tokenizer, words, context, n_rows, seed=0):
 def naming_test(tokenizer, ways, context, n_rows, seed=0):
     """Rows of `ways` objects with held-out names, then one of them again: 'a red circle is a
     kipo \n a blue square is a zuve \n a red circle is a' -> ' kipo \n' is scored (the name, and
-    that it ends there: scored_right takes <eos> for the newline). A row that does not fit the context is drawn again, as in copy_test."""
+    that it ends there: scored_right takes <eos> for the newline). A row that does not fit the
+    context is drawn again, as in copy_test."""
     rng = np.random.default_rng((seed, 8, ways))
     rows, scored = [], []
     for _ in range(20 * n_rows):
