@@ -319,7 +319,8 @@ def random_windows(stream, batch_size, context, generator, starts=None):
     """(B, context) inputs and the (B, context) next tokens they must predict. starts: the
     positions a window may start at (document_starts), or None: anywhere."""
     if starts is None:
-        starts = torch.randint(len(stream) - context, (batch_size,), generator=generator)  # last: L-C-1
+        starts = torch.randint(len(stream) - context, (batch_size,),
+                               generator=generator)                    # the last: L - C - 1
     else:
         starts = starts[torch.randint(len(starts), (batch_size,), generator=generator)]
     windows = torch.stack([stream[s:s + context + 1] for s in starts.tolist()])  # (B, context+1)
