@@ -113,7 +113,7 @@ def describe(lm, tokenizer, prefixes, sample_temperature=0.0, seed=0, batch_size
         context_emb = image_context(lm, tokenizer, prefixes[i:i + batch_size])  # (B, 1 + K, C)
         prompt = newline.expand(len(context_emb), -1)                           # (B, 1)
         new = generate(lm, context_emb, prompt, lm.context, sample_temperature, generator,
-                       stop_id=newline[-1].item())  # a caption is one line
+                       stop_ids=(newline[-1].item(), tokenizer.eos_id))  # a caption is one line
         texts += [first_line(tokenizer, row.tolist()) for row in new]
     return texts
 
@@ -142,7 +142,7 @@ def answer(lm, tokenizer, contexts, question_texts, max_new_tokens=None, batch_s
     contexts: a list of (P, C) tensors. Prompts are batched by context and prompt length so that
     no row needs padding in front."""
     prompts = [tokenizer.encode(question_prompt(question)) for question in question_texts]
-    newline = tokenizer.encode("\n")[-1]
+    line_ends = (tokenizer.encode("\n")[-1], tokenizer.eos_id)  # a reading LM may end with <eos>
     answers = [None] * len(prompts)
     by_length = {}
     for i, prompt in enumerate(prompts):
@@ -152,7 +152,8 @@ def answer(lm, tokenizer, contexts, question_texts, max_new_tokens=None, batch_s
             chunk = rows[start:start + batch_size]
             context_emb = torch.stack([contexts[i] for i in chunk])                # (B, P, C)
             prompt = torch.tensor([prompts[i] for i in chunk], device=context_emb.device)
-            new = generate(lm, context_emb, prompt, max_new_tokens or lm.context, stop_id=newline)
+            new = generate(lm, context_emb, prompt, max_new_tokens or lm.context,
+                           stop_ids=line_ends)
             for i, row in zip(chunk, new.tolist()):
                 answers[i] = first_line(tokenizer, row)
     return answers

@@ -171,20 +171,31 @@ class CausalSelfAttention(nn.Module):
 
     def mixed_qkv(self, x, cache=None):
         """x (B, T, C): T new positions -> q (B, h, T, d) of the new positions, k and v
-        (B, h, past + T, d) of every position. cache: a LayerCache holding the q, k, v rows of the
-        positions read before them (generation), or None: then x is the whole row."""
+        (B, h, past + T, d) of every position. cache: a LayerCache holding what the positions
+        read before them left (generation), or None: then x is the whole row."""
         B, T, C = x.shape
         d = C // self.heads
         rows = self.qkv(x)                                              # (B, T, 3C)
+        if self.taps is not None:
+            rows = self.mix(rows, cache)
         if cache is not None:
             rows = cache.extend(rows)                                   # (B, past + T, 3C)
         past = rows.shape[1] - T                                        # positions read before x
-        if self.taps is not None:  # tap j: the row j positions before (zeros before the start)
-            rows = sum(w * F.pad(rows, (0, 0, j, 0))[:, :past + T] for j, w in enumerate(self.taps))
         q, k, v = rows.split(C, dim=2)                                  # 3 x (B, past + T, C)
         q = q[:, past:].reshape(B, T, self.heads, d).transpose(1, 2)    # (B, h, T, d)
         k, v = (z.reshape(B, past + T, self.heads, d).transpose(1, 2) for z in (k, v))
         return q, k, v
+
+    def mix(self, rows, cache=None):
+        """(B, T, 3C) rows of the new positions -> each mixed with the rows of the taps - 1
+        positions before it; with a cache, those read before come from it, so a generated token
+        costs taps rows, not the whole row of text."""
+        T = rows.shape[1]
+        if cache is not None:
+            rows = cache.with_earlier(rows, len(self.taps) - 1)         # (B, e + T, 3C), e < taps
+        e = rows.shape[1] - T
+        # tap j: the row j positions before (zeros before the start of the row)
+        return sum(w * F.pad(rows, (0, 0, j, 0))[:, e:e + T] for j, w in enumerate(self.taps))
 
     def forward(self, x, cache=None):
         """x (B, T, C) -> (B, T, C); cache as in mixed_qkv."""
@@ -201,7 +212,9 @@ class CausalSelfAttention(nn.Module):
 
 
 class LayerCache:
-    """The q, k, v rows (B, T, 3C), before mixing, of every position one attention layer has read.
+    """What one attention layer keeps of the positions it has read: their q, k, v rows (B, T, 3C)
+    after mixing, which every later position attends to, and the last few rows before mixing,
+    which mixing a new position reads.
 
     Generation feeds the LM one new token at a time; without a cache each step would recompute
     the rows of the whole row of text. The causal mask makes caching exact: a position's row
@@ -210,6 +223,7 @@ class LayerCache:
 
     def __init__(self):
         self.rows = None
+        self.unmixed = None
 
     def extend(self, rows):
         """Append the new positions' rows; return those of all positions so far."""
@@ -217,6 +231,14 @@ class LayerCache:
             rows = torch.cat([self.rows, rows], dim=1)
         self.rows = rows
         return rows
+
+    def with_earlier(self, unmixed, keep):
+        """(B, T, 3C) new rows before mixing -> the (up to) `keep` rows before them, then them;
+        remembers the last `keep` for the next call."""
+        if self.unmixed is not None:
+            unmixed = torch.cat([self.unmixed, unmixed], dim=1)
+        self.unmixed = unmixed[:, -keep:]
+        return unmixed
 
     def __len__(self):
         return 0 if self.rows is None else self.rows.shape[1]
@@ -743,14 +765,14 @@ def teacher_loss(lm, tokenizer, prefix, captions, asked):
 
 @torch.no_grad()
 def generate(lm, context_emb, prompt, max_new_tokens, sample_temperature=0.0, generator=None,
-             stop_id=None):
+             stop_ids=()):
     """Continue (B, P, C) context embeddings and (B, T) prompt ids by up to max_new_tokens.
 
     Greedy when sample_temperature is 0, else sampled from softmax(logits / sample_temperature).
     Returns (B, n) new ids, n = max_new_tokens or fewer where the LM's context runs out, or as
-    soon as every row holds stop_id; callers cut each row at its first newline. The LM reads the
-    context and prompt once, then each new token once: a key-value cache (LayerCache) keeps what
-    it has read."""
+    soon as every row holds one of stop_ids (a newline, <eos>); callers cut each row there. The
+    LM reads the context and prompt once, then each new token once: a key-value cache
+    (LayerCache) keeps what it has read."""
     room = lm.context - context_emb.shape[1] - prompt.shape[1] + 1     # the last needs no forward
     if room < 1:
         raise ValueError(f"{context_emb.shape[1]} + {prompt.shape[1]} positions leave no room in "
@@ -767,8 +789,7 @@ def generate(lm, context_emb, prompt, max_new_tokens, sample_temperature=0.0, ge
             probabilities = (logits / sample_temperature).softmax(dim=-1)
             next_id = torch.multinomial(probabilities, 1, generator=generator).squeeze(1)
         new_ids.append(next_id)
-        if stop_id is not None:
-            stopped |= next_id == stop_id
+        stopped |= torch.isin(next_id, torch.tensor(stop_ids, device=next_id.device))
         if stopped.all() or step == n - 1:
             break
         hidden = lm(next_id[:, None], cache=cache)                      # (B, 1, C): one position

@@ -21,7 +21,7 @@ TAPS = [1, 4]
 
 
 def reread_generate(lm, context_emb, prompt, max_new_tokens, sample_temperature=0.0,
-                    generator=None, stop_id=None):
+                    generator=None, stop_ids=()):
     """The reference: no cache, the whole row re-read for every new token."""
     ids = prompt
     room = lm.context - context_emb.shape[1] - prompt.shape[1] + 1
@@ -33,7 +33,10 @@ def reread_generate(lm, context_emb, prompt, max_new_tokens, sample_temperature=
             next_id = torch.multinomial((logits / sample_temperature).softmax(-1), 1,
                                         generator=generator).squeeze(1)
         ids = torch.cat([ids, next_id[:, None]], dim=1)
-        if stop_id is not None and (ids[:, prompt.shape[1]:] == stop_id).any(dim=1).all():
+        ended = torch.zeros(len(ids), dtype=torch.bool)
+        for stop_id in stop_ids:
+            ended |= (ids[:, prompt.shape[1]:] == stop_id).any(dim=1)
+        if stop_ids and ended.all():
             break
     return ids[:, prompt.shape[1]:]
 
@@ -86,8 +89,8 @@ def test_cached_generation_writes_what_rereading_writes_on_random_lms(seed, taps
     assert torch.equal(generate(lm, context_emb, prompt, 100),
                        reread_generate(lm, context_emb, prompt, 100))
     stop = int(reread_generate(lm, context_emb, prompt, 5)[0, 2])
-    assert torch.equal(generate(lm, context_emb, prompt, 30, stop_id=stop),
-                       reread_generate(lm, context_emb, prompt, 30, stop_id=stop))
+    assert torch.equal(generate(lm, context_emb, prompt, 30, stop_ids=(stop,)),
+                       reread_generate(lm, context_emb, prompt, 30, stop_ids=(stop,)))
     sample = lambda fn: fn(lm, context_emb, prompt, 20, 1.0, torch.Generator().manual_seed(seed))
     assert torch.equal(sample(generate), sample(reread_generate))
 
@@ -110,6 +113,7 @@ def test_cached_generation_writes_what_rereading_writes_on_a_trained_lm(taps):
     width = min(len(row) for row in rows)
     prompt = torch.tensor([row[:width] for row in rows])
     newline = tokenizer.encode("\n")[-1]
-    cached = generate(lm, prefix, prompt, 40, stop_id=newline)
-    assert torch.equal(cached, reread_generate(lm, prefix, prompt, 40, stop_id=newline))
+    ends = (newline, tokenizer.eos_id)
+    cached = generate(lm, prefix, prompt, 40, stop_ids=ends)
+    assert torch.equal(cached, reread_generate(lm, prefix, prompt, 40, stop_ids=ends))
     assert (cached == newline).any()                   # some rows end their line: the stop is used

@@ -263,12 +263,15 @@ def test_sampling_draws_from_the_softmax_of_the_logits_over_the_temperature():
     assert torch.equal(draw(0), draw(0)) and not torch.equal(draw(0), draw(1))  # the seed counts
 
 
-def test_generation_stops_once_every_row_holds_the_stop_id():
+def test_generation_stops_once_every_row_holds_a_stop_id():
     lm = counting_lm()
     context = lm.token_emb(torch.tensor([[0], [0]]))                   # (2, 1, C)
     # the first row writes 7 after 2 tokens, the second after 4: all stop there, not at 6
-    assert torch.equal(generate(lm, context, torch.tensor([[5], [3]]), 6, stop_id=7),
+    assert torch.equal(generate(lm, context, torch.tensor([[5], [3]]), 6, stop_ids=(7,)),
                        torch.tensor([[6, 7, 0, 1], [4, 5, 6, 7]]))
+    # either of two stop ids ends a row: 6 the first at once, 5 the second at its second token
+    assert torch.equal(generate(lm, context, torch.tensor([[5], [3]]), 6, stop_ids=(6, 5)),
+                       torch.tensor([[6, 7], [4, 5]]))
 
 
 def test_generation_stops_at_the_context_length():
