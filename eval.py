@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from minivlp import (PRECISIONS, WORLDS, Glyph, LanguageModel, LMConfig, TextTower, VisualEmbedder,
-                     WorldConfig, caption, embed_images, environment, freeze, generate,
+                     WorldConfig, caption, chained, embed_images, environment, freeze, generate,
                      image_context, load_checkpoint, load_image, make_eval_splits,
                      make_support_split, object_questions, pairs_split, question_prompt,
                      questions, read_pairs, resolve_device, retrieval_metrics, save_json,
@@ -167,10 +167,12 @@ def after_own_caption(lm, tokenizer, prefixes, generated, room):
             for context_emb, text in zip(image_context(lm, tokenizer, prefixes), generated)]
 
 
-def solved_examples(lm, tokenizer, support_prefixes, support_scenes, kind, shots, room, rng):
+def solved_examples(lm, tokenizer, support_prefixes, support_scenes, kind, shots, room, rng,
+                    chain=False):
     """(P, C) embeddings of up to `shots` solved examples of one question kind, each its own
-    document: '<bos> [image] \n q: QUESTION a: ANSWER <eos>' (Frozen's few-shot prompt). Examples
-    are added while the total stays within `room` positions. Returns them and their number."""
+    document: '<bos> [image] \n q: QUESTION a: ANSWER <eos>' (Frozen's few-shot prompt), ANSWER
+    `chained` if chain. Examples are added while the total stays within `room` positions.
+    Returns them and their number."""
     pieces, length = [], 0
     for i in rng.permutation(len(support_scenes)):
         if len(pieces) == shots:
@@ -181,6 +183,7 @@ def solved_examples(lm, tokenizer, support_prefixes, support_scenes, kind, shots
         if not matching:
             continue
         q, a = matching[0]
+        a = chained(q, a) if chain else a
         ids = torch.tensor(tokenizer.encode(f"{question_prompt(q)} {a}") + [tokenizer.eos_id],
                            device=support_prefixes.device)
         piece = torch.cat([image_context(lm, tokenizer, support_prefixes[i:i + 1])[0],
@@ -226,7 +229,7 @@ def choose_by_v(candidates, image_emb, embed_texts):
 
 @torch.no_grad()
 def prefix_metrics(lm, tokenizer, prefixes, scenes, support_prefixes, support_scenes, shots=2,
-                   vqa_images=500, seed=0):
+                   vqa_images=500, seed=0, chain=False):
     """Captioning (exact match, per-attribute accuracy, BLEU-4) and VQA accuracy per question kind
     (of the `verdict`), on the first `vqa_images` images, in five settings:
       vqa_acc           '<bos> [image] \n q: ... a:' (Frozen); on training images the prefix was
@@ -238,7 +241,9 @@ def prefix_metrics(lm, tokenizer, prefixes, scenes, support_prefixes, support_sc
       vqa_fewshot_acc   up to `shots` solved examples of the same kind of question first
                         (as many as fit in the LM's context), then the vqa_acc prompt
       vqa_text_acc      '<bos> TRUE CAPTION \n q: ... a:', no image: how well the LM answers
-                        from a perfect description, for most kinds about the most an image gets"""
+                        from a perfect description, for most kinds about the most an image gets
+    chain: the LM learned `chained` answers (the reading recipe), so the answers it is held to
+    and its solved examples are written so; either way the `verdict` is what counts."""
     generated = describe(lm, tokenizer, prefixes)
     parsed = [parse_caption(text) for text in generated]
     metrics = {"caption_exact_match": float(np.mean([p == s for p, s in zip(parsed, scenes)])),
@@ -256,6 +261,8 @@ def prefix_metrics(lm, tokenizer, prefixes, scenes, support_prefixes, support_sc
     # average over every scene would hide an LM that answers by position (object_questions)
     asked += [(i, q, a, kind) for i, scene in enumerate(scenes[:vqa_images])
               for q, a, kind in object_questions(scene)]
+    if chain:
+        asked = [(i, q, chained(q, a), kind) for i, q, a, kind in asked]
     # the question kinds, then their split by object (after them, so that drawing the few-shot
     # examples of the split leaves those of the kinds as they were)
     kinds = sorted({kind for *_, kind in asked} - set(OBJECT_KINDS)) + [
@@ -283,7 +290,7 @@ def prefix_metrics(lm, tokenizer, prefixes, scenes, support_prefixes, support_sc
                      tokenizer.encode(caption(scene))[:caption_room], device=prefixes.device))])
                  for scene in scenes[:vqa_images]]
     examples = {kind: solved_examples(lm, tokenizer, support_prefixes, support_scenes, kind, shots,
-                                      room[kind], rng) for kind in kinds}
+                                      room[kind], rng, chain) for kind in kinds}
     settings = {"vqa_acc": [with_image[i] for i, *_ in asked],
                 "vqa_describe_acc": [said[i] for i, *_ in asked],
                 "vqa_blind_acc": [blind] * len(asked),
@@ -343,11 +350,11 @@ def zeroshot_named_classes(image_emb, image_captions, classes, templates, embed_
 # ------------------------------------------------------------------------------------------------
 
 def evaluate(embedder, tower, splits, support, device, objective, classes=None, templates=None,
-             precision="auto", rerank=0):
+             precision="auto", rerank=0, chain=False):
     """{split name: metrics}: retrieval and zero-shot for the contrastive head, captioning and VQA
     for the prefix head. `paraphrase` holds the `test` images, so only its retrieval is new. With
     both heads, also the exact match of captions re-ranked by v among the greedy one and `rerank`
-    samples (caption_exact_match_reranked; 0 leaves it out).
+    samples (caption_exact_match_reranked; 0 leaves it out). chain: as in prefix_metrics.
 
     Splits of your own data (no scenes) get retrieval, captioning by text, and zero-shot over
     `classes` (with `templates`) when given; support is then None (no few-shot VQA)."""
@@ -373,7 +380,7 @@ def evaluate(embedder, tower, splits, support, device, objective, classes=None, 
             metrics.update(text_caption_metrics(tower.lm, tower.tokenizer, prefixes, own_captions))
         elif objective != "contrastive" and name != "paraphrase":
             metrics.update(prefix_metrics(tower.lm, tower.tokenizer, prefixes, split.scenes,
-                                          support_prefixes, support.scenes))
+                                          support_prefixes, support.scenes, chain=chain))
             if objective == "both" and rerank:
                 chosen = choose_by_v(caption_candidates(tower.lm, tower.tokenizer, prefixes,
                                                         rerank), image_emb, tower)
@@ -839,7 +846,8 @@ def main(argv=None):
     else:
         support = make_support_split(world_cfg, config["seed"])
         results = evaluate(embedder, tower, make_eval_splits(world_cfg, config["seed"]), support,
-                           device, objective, precision=args.precision, rerank=args.rerank)
+                           device, objective, precision=args.precision, rerank=args.rerank,
+                           chain=config["lm"].get("reading_steps", 0) > 0)
     print(format_table(results))
     if args.json:
         where = environment(device, args.precision)

@@ -516,7 +516,8 @@ def run(args, configs, asked_vocab):
     support = None if args.data else make_support_split(world_cfg, args.seed)
     evaluation_start = time.perf_counter()
     metrics = evaluate(embedder, tower, held_out, support, device, args.objective,
-                       precision=args.precision, rerank=RERANK_SAMPLES)
+                       precision=args.precision, rerank=RERANK_SAMPLES,
+                       chain=lm_cfg.reading_steps > 0)
     trainable = sum(p.numel() for p in embedder.parameters()) + int(align_cfg.learn_temperature)
     if args.text_tower in LEARNING:
         trainable += sum(p.numel() for p in lm.parameters())

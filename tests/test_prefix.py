@@ -327,3 +327,9 @@ def test_vqa_settings_read_what_each_promises_worked_out_for_the_colour_reader(c
         for kind in ("shape", "count", "position", "exists"):
             assert metrics[f"{setting}_{kind}"] == 0.0, (setting, kind)
     assert capsys.readouterr().err == ""                              # every kind was asked
+    # Held to chained answers ('the circle is red'), the reader scores the same: the verdict
+    # compares what an answer says, whatever its form (few-shot aside: chained examples are
+    # longer, so fewer fit, and the reader reads the first example's colour)
+    chained = prefix_metrics(lm, tokenizer, prefixes, scenes, prefixes, scenes, chain=True)
+    same = lambda m: {k: v for k, v in m.items() if "vqa" in k and "fewshot" not in k}
+    assert same(chained) == same(metrics)
