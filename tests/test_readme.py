@@ -110,13 +110,16 @@ def test_the_reading_tables_are_the_stored_runs_and_benchmark():
                       (ROOT / "tutorials" / "results.md").read_text(encoding="utf-8"))
     by_object = ["colour_first", "colour_second", "shape_first", "shape_second", "exists_first",
                  "exists_second", "exists_absent"]
-    default = runs("reading/default")
-    assert [m["run"]["config"]["lm"]["taps"] for m in default] == [1] * 5
+    lm = lambda name: [(m["run"]["config"]["lm"]["taps"], m["run"]["config"]["lm"]["steps"],
+                        m["run"]["config"]["lm"]["reading_steps"]) for m in runs(name)]
+    assert lm("reading/default") == [(1, 1800, 0)] * 5
+    assert lm("reading/recipe") == [(4, 3600, 400)] * 5
     settings = {"image": "vqa_acc", "image, own caption": "vqa_describe_acc",
                 "true caption": "vqa_text_acc", "blind": "vqa_blind_acc"}
-    for row, prefix in settings.items():
-        for kind, cell in zip(by_object, rows[row], strict=True):
-            check(cell, [m["test"][f"{prefix}_{kind}"] for m in default])
+    for name, label in {"default": "", "recipe": "reading recipe: "}.items():
+        for row, prefix in settings.items():
+            for kind, cell in zip(by_object, rows[label + row], strict=True):
+                check(cell, [m["test"][f"{prefix}_{kind}"] for m in runs(f"reading/{name}")])
     for first, name in {"default (0–4)": "default", "reading recipe (0–4)": "recipe"}.items():
         stored = runs(f"reading/{name}")
         bench = json.loads((RUNS / "reading" / f"{name}.json").read_text())
@@ -128,6 +131,26 @@ def test_the_reading_tables_are_the_stored_runs_and_benchmark():
                    [m["test"]["vqa_acc_colour"] for m in stored]]
         for cell, column in zip(rows[first], values, strict=True):
             check(cell, column)
+
+
+def test_the_readmes_reading_table_is_the_benchmark():
+    """README, "Does the frozen LM read what it is shown?": the table is what lm_reading.py
+    printed for the LMs of results.md's reading runs, and the sentence after it their VQA after
+    describing the image."""
+    heading = "Does the frozen LM read what it is shown?"
+    rows = table_rows(heading)
+    keys = ["copy", "names_2way", "names_5way", "colour_first", "colour_second", "exists_absent"]
+    for first, name in {"default": "default", "reading recipe": "recipe"}.items():
+        bench = json.loads((RUNS / "reading" / f"{name}.json").read_text())
+        for cell, key in zip(rows[first], keys, strict=True):
+            check(cell, [bench[seed][key] for seed in bench])
+    described = {name: [f"{np.mean([m['test'][f'vqa_describe_acc_{kind}'] for m in runs(name)]):.2f}"
+                        for kind in ("colour", "shape", "exists")]
+                 for name in ("reading/recipe", "reading/default")}
+    (colour, shape, exists), default = described["reading/recipe"], described["reading/default"]
+    section = " ".join(README.split(f"## {heading}\n")[1].split("\n## ")[0].split())
+    assert f"colour {colour}, shape {shape}, `exists` {exists}, against {default[0]}, " \
+           f"{default[1]} and {default[2]}" in section
 
 
 def seeds(*towers):
