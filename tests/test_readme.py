@@ -297,7 +297,7 @@ def test_the_reading_recipes_probes_are_the_stored_ones():
     rows = table_rows("Reading its context: copying and binding, the reading recipe", page)
     probes = json.loads((RUNS / "reading" / "probes.json").read_text())
     del rows["probe"]
-    assert set(rows) <= set(probes) and len(rows) == 11
+    assert set(rows) <= set(probes) and len(rows) == 17
     two = lambda probe, key: f"{probe[f'{key}_first']:.2f} / {probe[f'{key}_second']:.2f}"
     for first, cells in rows.items():
         probe = probes[first]
