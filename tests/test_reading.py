@@ -7,7 +7,9 @@ import pytest
 import torch
 
 import re
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 from minivlp import (COLOURS, SHAPES, LanguageModel, LMConfig, adamw, chained, copy_test,
                      document_starts, encode_corpus, fresh_name, lookup_document, make_corpus,
@@ -190,3 +192,32 @@ def test_a_context_too_small_for_any_row_drops_that_test(tokenizer):
     assert set(reading_tests(tokenizer, 64, words, naming=True, n_rows=5)) == \
         {"copy", "names_2way", "names_5way"}
     assert set(reading_tests(tokenizer, 12, words, naming=True, n_rows=5)) < {"copy", "names_2way"}
+
+
+@torch.no_grad()
+def test_few_shot_naming_scores_embedded_rows_as_the_lm_reads_their_ids(tokenizer):
+    """tests/benchmarks/few_shot_naming.py reads rows given as embeddings (an image's prefix is
+    one); on text its verdict must be the LM's own reading of the ids: right for the LM's greedy
+    continuation of the prompt, found here token by token, and wrong when one token differs."""
+    sys.path.insert(0, str(Path(__file__).parent / "benchmarks"))
+    from few_shot_naming import name_accuracy
+    torch.manual_seed(0)
+    lm = LanguageModel(LMConfig(vocab_size=tokenizer.vocab_size, width=32, heads=2, taps=4)).eval()
+    newline = tokenizer.encode("\n")[-1]
+    right, wrong = [], []
+    for prompt, positions in zip(*naming_test(tokenizer, 2, 64, 8)):
+        ids = prompt[:positions[0]]
+        for _ in range(3):                             # the LM's greedy next tokens
+            token = lm.logits(lm(torch.tensor([ids])))[0, -1].argmax().item()
+            ids.append(newline if token == tokenizer.eos_id else token)
+        target = torch.tensor(ids[positions[0]:])
+        changed = target.clone()
+        changed[1] = next(t for t in range(tokenizer.vocab_size)
+                          if t not in (target[1], newline, tokenizer.eos_id))
+        pieces = [(lm.token_emb(torch.tensor(ids[:positions[0]])), None)]
+        right.append(pieces + [(lm.token_emb(target), target)])
+        wrong.append(pieces + [(lm.token_emb(changed), changed)])
+    assert name_accuracy(lm, tokenizer, right) == (1.0, 8)
+    assert name_accuracy(lm, tokenizer, wrong) == (0.0, 8)
+    too_long = [[(lm.token_emb(torch.zeros(lm.context, dtype=torch.long)), None)] + right[0][1:]]
+    assert name_accuracy(lm, tokenizer, too_long) == (None, 0)

@@ -133,6 +133,27 @@ def test_the_reading_tables_are_the_stored_runs_and_benchmark():
             check(cell, column)
 
 
+def test_the_six_tap_comparison_is_the_stored_runs_and_benchmark():
+    """results.md, "Reading by object", last table: the benchmark of each LM (recipe.json; the
+    6-tap probes of probes.json) and the runs aligned against them (.../recipe, .../taps6)."""
+    rows = table_rows("Reading by object",
+                      (ROOT / "tutorials" / "results.md").read_text(encoding="utf-8"))
+    probes = json.loads((RUNS / "reading" / "probes.json").read_text())
+    bench = {"recipe": list(json.loads((RUNS / "reading" / "recipe.json").read_text()).values()),
+             "taps6": [probes[f"6 taps, absent pairs from the line, seed {seed}"]
+                       for seed in range(5)]}
+    assert [m["run"]["config"]["lm"]["taps"] for m in runs("reading/taps6")] == [6] * 5
+    for first, name in {"the reading recipe (4 taps)": "recipe",
+                        "6 taps, absent pairs from the line": "taps6"}.items():
+        stored = runs(f"reading/{name}")
+        values = [[b[key] for b in bench[name]] for key in ("names_2way", "names_5way", "exists_absent")]
+        values += [[m[split]["caption_exact_match"] for m in stored] for split in ("test", "compositional")]
+        values += [[m["test"][f"vqa_describe_acc_{kind}"] for m in stored]
+                   for kind in ("colour_first", "colour_second", "exists_absent")]
+        for cell, column in zip(rows[first], values, strict=True):
+            check(cell, column)
+
+
 def test_the_readmes_reading_table_is_the_benchmark():
     """README, "Does the frozen LM read what it is shown?": the table is what lm_reading.py
     printed for the LMs of results.md's reading runs, and the sentence after it their VQA after
@@ -297,7 +318,7 @@ def test_the_reading_recipes_probes_are_the_stored_ones():
     rows = table_rows("Reading its context: copying and binding, the reading recipe", page)
     probes = json.loads((RUNS / "reading" / "probes.json").read_text())
     del rows["probe"]
-    assert set(rows) <= set(probes) and len(rows) == 17
+    assert set(rows) <= set(probes) and len(rows) == 23
     two = lambda probe, key: f"{probe[f'{key}_first']:.2f} / {probe[f'{key}_second']:.2f}"
     for first, cells in rows.items():
         probe = probes[first]
