@@ -154,6 +154,23 @@ def test_the_six_tap_comparison_is_the_stored_runs_and_benchmark():
             check(cell, column)
 
 
+def test_the_naming_table_is_the_stored_benchmark():
+    """results.md, "Naming from one example": what few_shot_naming.py printed for the LMs of the
+    reading runs (tutorials/runs/reading/naming.json), seeds 0-4 of each."""
+    rows = table_rows("Naming from one example (Frozen's fast binding)",
+                      (ROOT / "tutorials" / "results.md").read_text(encoding="utf-8"))
+    naming = json.loads((RUNS / "reading" / "naming.json").read_text())
+    for first, name in {"default": "default", "reading recipe": "recipe",
+                        "6 taps (not kept)": "taps6"}.items():
+        seeds = naming[name]
+        assert sorted(seeds) == ["0", "1", "2", "3", "4"]
+        columns = [[seeds[seed]["2"][setting] for seed in seeds] for setting in
+                   ("colour+shape", "text", "own caption", "image", "shuffled", "blind")]
+        columns.append([seeds[seed]["5"]["colour+shape"] for seed in seeds])
+        for cell, column in zip(rows[first], columns, strict=True):
+            check(cell, column)
+
+
 def test_the_readmes_reading_table_is_the_benchmark():
     """README, "Does the frozen LM read what it is shown?": the table is what lm_reading.py
     printed for the LMs of results.md's reading runs, and the sentence after it their VQA after

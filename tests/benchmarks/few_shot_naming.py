@@ -1,6 +1,6 @@
 """Few-shot naming through the frozen LM (Frozen's fast binding), at toy scale.
 
-    python tests/benchmarks/few_shot_naming.py --ckpt out/seed*/minivlp.pt [--rows 200]
+    python tests/benchmarks/few_shot_naming.py --ckpt out/seed*/minivlp.pt [--rows 200] [--json FILE]
 
 From text, an LM that reads its context continues 'a red circle is a kipo \n a blue square is a
 zuve \n a red circle is a' with 'kipo' (lm_reading.py's names test). Here the things named are
@@ -12,18 +12,23 @@ teacher-forced, as lm_reading.py scores names). Settings, N-way 1-shot:
 
   text          each image's true caption in its place ('a small red circle on the left is a
                 kipo'): the LM's ceiling
+  colour+shape  only the colour and shape of each ('a red circle is a kipo'), the form of the
+                naming drills and of lm_reading.py's names test
   own caption   each image's caption as the LM wrote it from the image's prefix (describe,
                 then name: the names are read from text)
   image         the visual prefix in the image's place, as Frozen prompts
-  blind         the image setting with the query's prefix left out: chance, 1/N
+  blind         the image setting with the query's prefix left out: 1/N at most, for an LM
+                that picks one of the names it was shown
   shuffled      the image setting with the names shuffled among the support images, scored
                 against the true names: chance if the name is read from the context
 
-A prefix is K positions (8 by default) of the LM's 64, so 5-way rows of images do not fit: a
-setting with no row that fits prints '-'.
+A prefix is K positions (8 by default) of the LM's 64, and a caption 7 to 10 tokens, so 5-way
+rows do not fit: a setting with no row that fits prints '-'. --json writes {seed: {ways:
+{setting: accuracy}}} (tutorials/runs/reading/naming.json holds results.md's, one for each LM).
 """
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -32,11 +37,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from eval import describe, load_models  # noqa: E402
-from minivlp import (SHAPES, COLOURS, HELD_OUT_PAIRS, Scene, POSITIONS, SIZES,  # noqa: E402
+from minivlp import (COLOURS, HELD_OUT_PAIRS, POSITIONS, SHAPES, SIZES, Scene,  # noqa: E402
                      caption, embed_images, fresh_name, image_context, load_checkpoint, pick,
                      render)
 
-SETTINGS = ["text", "own caption", "image", "blind", "shuffled"]
+SETTINGS = ["text", "colour+shape", "own caption", "image", "blind", "shuffled"]
 
 
 def naming_rows(ways, n_rows, seed):
@@ -55,15 +60,17 @@ def naming_rows(ways, n_rows, seed):
 
 @torch.no_grad()
 def name_accuracy(lm, tokenizer, rows):
-    """rows: lists of ((P, C) embeddings, is_target) pieces, one row a prompt. The share of rows
-    whose target tokens are each the LM's most likely next token (<eos> counts as the newline)."""
+    """rows: lists of ((P, C) embeddings, ids) pieces, one list a prompt; the last piece is what
+    the LM should write, its ids the tokens (the others' ids are None). The share of rows, of
+    those that fit the context, whose every target token is the LM's most likely next token
+    (<eos> counts as the newline): (share, rows), or (None, 0) if none fits."""
     newline = tokenizer.encode("\n")[-1]
     right = []
     for pieces in rows:
         row = torch.cat([embeddings for embeddings, _ in pieces])                 # (T, C)
         if len(row) > lm.context:
             continue
-        ids, at = pieces[-1][0], len(row) - len(pieces[-1][0])                   # the target
+        at = len(row) - len(pieces[-1][1])                                      # the target
         predicted = lm.logits(lm(torch.empty(1, 0, dtype=torch.long), prefix=row[None]))[0]
         predicted = predicted[at - 1:len(row) - 1].argmax(-1)                    # (n,)
         predicted[predicted == tokenizer.eos_id] = newline
@@ -94,7 +101,9 @@ def measure(path, ways, n_rows):
         target = torch.tensor(tokenizer.encode(f" {names[asked]}\n"))
         answer = (lm.token_emb(target), target)
         shuffled = [names[i] for i in np.random.default_rng((r, 11)).permutation(ways)]
-        lines = {"text": [embed(caption(s)) for s in support + [support[asked]]],
+        shown = support + [support[asked]]
+        lines = {"text": [embed(caption(s)) for s in shown],
+                 "colour+shape": [embed("a {} {}".format(*s.objects[0])) for s in shown],
                  "own caption": [embed(own[first + i]) for i in range(ways + 1)],
                  "image": [prefixes[first + i] for i in range(ways + 1)]}
         lines["blind"] = lines["image"][:ways] + [bos[:0]]
@@ -113,6 +122,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--ckpt", nargs="+", required=True, help="minivlp.pt files of shapes runs")
     parser.add_argument("--rows", type=int, default=200, help="prompts a setting (default 200)")
+    parser.add_argument("--json", help="write {seed: {ways: {setting: accuracy}}} to this file")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     results = {}
@@ -129,6 +139,12 @@ def main():
             values = [v for v in values if v is not None]
             print(f"  {setting:12s} " + (f"{np.mean(values):.3f} ({min(values):.3f}-"
                                          f"{max(values):.3f})" if values else "-"))
+    if args.json:
+        seeds = {path: str(load_checkpoint(path)["config"]["seed"]) for path in args.ckpt}
+        Path(args.json).write_text(json.dumps(
+            {seeds[path]: {str(ways): {setting: results[ways, path][setting][0]
+                                       for setting in SETTINGS} for ways in (2, 5)}
+             for path in args.ckpt}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
