@@ -171,6 +171,22 @@ def test_the_naming_table_is_the_stored_benchmark():
             check(cell, column)
 
 
+def test_the_own_caption_table_is_the_stored_probe():
+    """results.md, "Reading by object": answers after the image and its own caption, and after
+    the own caption alone, as stored in tutorials/runs/reading/own_caption.json."""
+    rows = table_rows("Reading by object",
+                      (ROOT / "tutorials" / "results.md").read_text(encoding="utf-8"))
+    probe = json.loads((RUNS / "reading" / "own_caption.json").read_text())
+    kinds = ["colour_first", "colour_second", "shape_first", "shape_second", "exists_absent"]
+    for name, label in {"default": "default", "recipe": "reading recipe",
+                        "taps6": "6 taps (not kept)"}.items():
+        assert sorted(probe[name]) == ["0", "1", "2", "3", "4"]
+        for setting, words in {"image + own caption": "image and own caption",
+                               "own caption alone": "own caption alone"}.items():
+            for kind, cell in zip(kinds, rows[f"{label}, {words}"], strict=True):
+                check(cell, [probe[name][seed][setting][kind] for seed in probe[name]])
+
+
 def test_the_readmes_reading_table_is_the_benchmark():
     """README, "Does the frozen LM read what it is shown?": the table is what lm_reading.py
     printed for the LMs of results.md's reading runs, and the sentence after it their VQA after
