@@ -81,6 +81,7 @@ class AlignConfig:
     learn_temperature: bool = True
     prefix_tokens: int = 8       # K: embeddings the image becomes ahead of the LM's text (Frozen)
     question_rows: int = 32      # images a step asked one question, taught by the LM (teacher_loss)
+    spelling: float = 0.0        # weight of spelling_loss: the prefix pulled towards its caption's words
 
 
 def resolve_device(name):
@@ -706,6 +707,25 @@ def prefix_loss(lm, tokenizer, prefix, tokens):
                            ignore_index=IGNORE)
 
 
+# The prefix spelled as its caption. Left free, the K vectors hold the caption in a code that the
+# LM reads back by restating it, and a question asked straight after the image is answered by
+# position. Pulled towards the caption's own token embeddings, vector j towards the caption's
+# token j, the prefix becomes a line the LM can look things up in, as it looks them up in a
+# caption it has read (the reading recipe's LM then answers by object: tutorials/design.md).
+
+def spelling_loss(lm, tokenizer, prefix, tokens):
+    """Mean 1 - cos(prefix_j, embedding of caption token j) over the caption tokens that fall in
+    the K prefix positions (with the newline after a caption shorter than K). prefix (B, K, C);
+    tokens (B, L): '\n caption \n' padded with IGNORE, as for prefix_loss. Only the direction
+    is pulled: image_context sets each vector's length."""
+    K = prefix.shape[1]
+    start = len(tokenizer.encode("\n"))
+    caption = tokens[:, start:start + K]                                # (B, J), J <= K
+    target = lm.token_emb.weight[caption.clamp(min=0)]                  # (B, J, C)
+    cosine = F.cosine_similarity(prefix[:, :caption.shape[1]].float(), target.float(), dim=-1)
+    return (1 - cosine)[caption != IGNORE].mean()                       # (B, J) -> ()
+
+
 # The LM as its own teacher. Read after an image's true caption, the frozen LM answers the
 # corpus's questions about the scene as well as it ever can (VQA's 'true caption' row). The
 # captioning loss alone teaches the prefix to be *restated*; whether the LM can also answer a
@@ -928,7 +948,8 @@ def align(embedder, temperature, tower, images, caption_index, captions, cfg, ob
     contrastive  InfoNCE between g(I_i) and t_i (§4.2)
     prefix       next-token loss of caption i given the image's prefix, through the LM, plus
                  teacher_loss on one question about the scene of each of the first
-                 cfg.question_rows images (where the N `scenes` are known: the toy worlds)
+                 cfg.question_rows images (where the N `scenes` are known: the toy worlds),
+                 plus cfg.spelling times spelling_loss
     both         the sum of the two, one trunk with two heads
 
     images (N, 3, H, W) uint8, or a DecodeRows of N rows to stream from disk (image_batches);
@@ -983,6 +1004,9 @@ def align(embedder, temperature, tower, images, caption_index, captions, cfg, ob
             image_emb, prefix = model(batch_images)                     # (B, C), (B, K, C)
             if objective != "contrastive":
                 loss = prefix_loss(lm, tokenizer, prefix, tokens[caption_ids])
+                if cfg.spelling:
+                    loss = loss + cfg.spelling * spelling_loss(lm, tokenizer, prefix,
+                                                               tokens[caption_ids])
             if asks:  # questions drawn on the host from the step alone, like the batch: resumable
                 rows = batch[:cfg.question_rows // world].tolist()
                 rng = np.random.default_rng((seed, 6, step, rank))

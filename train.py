@@ -74,6 +74,8 @@ MORE_HELP = {
     "align.warmup_steps": "steps of linear warmup to --lr, then cosine decay to a tenth",
     "align.weight_decay": "AdamW's decay of the embedder's weight matrices",
     "align.question_rows": "0 turns the teacher off",
+    "align.spelling": "0 (the default) leaves the prefix free; the reading recipe's prefix is "
+                      "spelled with 1 and --prefix-tokens 16 (README)",
     "align.learn_temperature": "learn τ with the embedder; --no-learn-temperature keeps it at "
                                "--temperature",
 }
@@ -84,7 +86,7 @@ PRETRAINED = {"locked", "finetune"}      # towers whose LM is pretrained on the 
 LEARNING = {"finetune", "scratch"}       # towers whose LM keeps learning during alignment
 
 # Every number must be positive, except these, which may also be 0.
-MAY_BE_ZERO = {"warmup_steps", "weight_decay", "question_rows"}
+MAY_BE_ZERO = {"warmup_steps", "weight_decay", "question_rows", "spelling"}
 
 
 def number(kind, may_be_zero):

@@ -18,7 +18,7 @@ from eval import answer, bleu4, parse_caption, prefix_metrics, verdict
 from minivlp import (COLOURS, IGNORE, Glyph, LanguageModel, LMConfig, Scene, VisualEmbedder,
                      caption_tokens, corpus_document, freeze, generate, image_context,
                      object_questions, prefix_loss, questions, random_glyph, random_scene,
-                     teacher_loss)
+                     spelling_loss, teacher_loss)
 from tokenizer import Tokenizer
 
 TINY = LMConfig(vocab_size=280, context=32, width=32, depth=2, heads=4)
@@ -127,6 +127,31 @@ def test_prefix_loss_ignores_padding_and_matches_a_per_token_reference(tokenizer
         total += F.cross_entropy(logits, ids[0, 1:], reduction="sum").item()
         count += ids.shape[1] - 1
     assert loss.item() == pytest.approx(total / count, abs=1e-5)
+
+
+def test_spelling_loss_pulls_each_prefix_vector_towards_its_caption_token(tokenizer):
+    """Reference: a loop over rows and positions, vector j against the embedding of the
+    caption's token j (or the newline after it), 1 - cos by hand; positions past the caption
+    and its newline are left out. A prefix that is the caption's embeddings scores 0."""
+    torch.manual_seed(0)
+    lm = freeze(LanguageModel(TINY))
+    K = 5
+    texts = ["a small red circle on the left", "a big blue square", "a"]
+    prefix = torch.randn(3, K, TINY.width)
+    tokens = caption_tokens(tokenizer, texts, TINY.context)
+    terms = []
+    for row, text in enumerate(texts):
+        spelled = (tokenizer.encode(text) + tokenizer.encode("\n"))[:K]
+        for j, token in enumerate(spelled):
+            p, e = prefix[row, j], lm.token_emb.weight[token]
+            terms.append(1 - (p @ e / (p.norm() * e.norm())).item())
+    assert spelling_loss(lm, tokenizer, prefix, tokens).item() == pytest.approx(np.mean(terms),
+                                                                                 abs=1e-6)
+    assert spelling_loss(lm, tokenizer, prefix, padded(tokens, 5)).item() == pytest.approx(
+        np.mean(terms), abs=1e-6)
+    words = tokenizer.encode(texts[1]) + tokenizer.encode("\n")
+    exact = lm.token_emb.weight[words][None] * 3.0                      # any length: direction only
+    assert spelling_loss(lm, tokenizer, exact, tokens[1:2]).item() == pytest.approx(0, abs=1e-6)
 
 
 def test_teacher_loss_matches_a_per_token_kl_of_each_row_alone(tokenizer):

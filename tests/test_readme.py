@@ -116,8 +116,15 @@ def test_the_reading_tables_are_the_stored_runs_and_benchmark():
     assert lm("reading/recipe") == [(4, 3600, 400)] * 5
     settings = {"image": "vqa_acc", "image, own caption": "vqa_describe_acc",
                 "true caption": "vqa_text_acc", "blind": "vqa_blind_acc"}
-    for name, label in {"default": "", "recipe": "reading recipe: "}.items():
+    assert [(m["run"]["config"]["align"]["prefix_tokens"], m["run"]["config"]["align"]["spelling"])
+            for m in runs("reading/spelled")] == [(16, 1.0)] * 5
+    assert lm("reading/spelled") == [(4, 3600, 400)] * 5
+    for name, label in {"default": "", "recipe": "reading recipe: ",
+                        "spelled": "spelled prefix: "}.items():
         for row, prefix in settings.items():
+            if f"{label}{row}" not in rows:            # the spelled prefix's LM is the recipe's
+                assert name == "spelled" and row in ("true caption", "blind")
+                continue
             for kind, cell in zip(by_object, rows[label + row], strict=True):
                 check(cell, [m["test"][f"{prefix}_{kind}"] for m in runs(f"reading/{name}")])
     for first, name in {"default (0–4)": "default", "reading recipe (0–4)": "recipe"}.items():
@@ -205,6 +212,21 @@ def test_the_readmes_reading_table_is_the_benchmark():
     section = " ".join(README.split(f"## {heading}\n")[1].split("\n## ")[0].split())
     assert f"colour {colour}, shape {shape}, `exists` {exists}, against {default[0]}, " \
            f"{default[1]} and {default[2]}" in section
+    # straight after the image, the spelled prefix (runs/reading/spelled) against the free one
+    number = r"([0-9.]+ \([0-9.]+–[0-9.]+\))"
+    first, second, absent, captions = re.search(
+        rf"colour of the first object {number}, of the second {number}, an absent pair denied "
+        rf"{number}, .* captions of new pairs {number} against", section).groups()
+    spelled, free = runs("reading/spelled"), runs("reading/recipe")
+    for cell, key in [(first, "vqa_acc_colour_first"), (second, "vqa_acc_colour_second"),
+                      (absent, "vqa_acc_exists_absent")]:
+        check(cell, [m["test"][key] for m in spelled])
+    check(captions, [m["compositional"]["caption_exact_match"] for m in spelled])
+    free_cells = [f"{np.mean([m['test'][key] for m in free]):.2f}" for key in
+                  ("vqa_acc_colour_first", "vqa_acc_colour_second", "vqa_acc_exists_absent")]
+    comp = np.mean([m["compositional"]["caption_exact_match"] for m in free])
+    assert f"against {', '.join(free_cells[:2])} and {free_cells[2]} with the free prefix" in section
+    assert f"against {comp:.3f}." in section
 
 
 def seeds(*towers):
