@@ -194,6 +194,22 @@ def test_the_own_caption_table_is_the_stored_probe():
                 check(cell, [probe[name][seed][setting][kind] for seed in probe[name]])
 
 
+def test_the_spelled_prefix_with_the_default_lm_is_the_stored_runs():
+    """design.md, "The prefix spelled as its caption": the default's LMs with the spelled prefix
+    (tutorials/runs/reading/default_spelled) against the same LMs with the free one."""
+    text = " ".join((ROOT / "tutorials" / "design.md").read_text(encoding="utf-8").split())
+    spelled, free = runs("reading/default_spelled"), runs("reading/default")
+    assert [m["run"]["config"]["lm"]["taps"] for m in spelled] == [1] * 5
+    assert [m["run"]["config"]["align"]["spelling"] for m in spelled] == [1.0] * 5
+    assert [m["run"]["config"]["align"]["prefix_tokens"] for m in spelled] == [16] * 5
+    number = r"([0-9.]+ \([0-9.]+–[0-9.]+\))"
+    cells = re.search(rf"`compositional` {number} against {number} for the same LMs with the "
+                      rf"free prefix of 8, `test` {number} against {number}", text).groups()
+    for cell, (split, ran) in zip(cells, [("compositional", spelled), ("compositional", free),
+                                          ("test", spelled), ("test", free)]):
+        check(cell, [m[split]["caption_exact_match"] for m in ran])
+
+
 def test_the_readmes_reading_table_is_the_benchmark():
     """README, "Does the frozen LM read what it is shown?": the table is what lm_reading.py
     printed for the LMs of results.md's reading runs, and the sentence after it their VQA after
