@@ -212,8 +212,8 @@ def test_the_spelled_prefix_with_the_default_lm_is_the_stored_runs():
 
 def test_the_readmes_reading_table_is_the_benchmark():
     """README, "Does the frozen LM read what it is shown?": the table is what lm_reading.py
-    printed for the LMs of results.md's reading runs, and the sentence after it their VQA after
-    describing the image."""
+    printed for the LMs of results.md's reading runs, and the sentence after it the spelled
+    prefix's runs; results.md gives their VQA after describing the image."""
     heading = "Does the frozen LM read what it is shown?"
     rows = table_rows(heading)
     keys = ["copy", "names_2way", "names_5way", "colour_first", "colour_second", "exists_absent"]
@@ -225,9 +225,10 @@ def test_the_readmes_reading_table_is_the_benchmark():
                         for kind in ("colour", "shape", "exists")]
                  for name in ("reading/recipe", "reading/default")}
     (colour, shape, exists), default = described["reading/recipe"], described["reading/default"]
+    results = " ".join((ROOT / "tutorials" / "results.md").read_text(encoding="utf-8").split())
+    assert f"colour {colour}, shape {shape} and `exists` {exists}, against {default[0]}, " \
+           f"{default[1]} and {default[2]} for the default" in results
     section = " ".join(README.split(f"## {heading}\n")[1].split("\n## ")[0].split())
-    assert f"colour {colour}, shape {shape}, `exists` {exists}, against {default[0]}, " \
-           f"{default[1]} and {default[2]}" in section
     # straight after the image, the spelled prefix (runs/reading/spelled) against the free one
     number = r"([0-9.]+ \([0-9.]+–[0-9.]+\))"
     first, second, absent, captions = re.search(
