@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from eval import answer, describe, load_models, verdict  # noqa: E402
-from minivlp import (embed_images, image_context, load_checkpoint,  # noqa: E402
-                     make_eval_splits, object_questions)
+from eval import after_own_caption, answer, describe, load_models, verdict  # noqa: E402
+from minivlp import (embed_images, load_checkpoint, make_eval_splits,  # noqa: E402
+                     object_questions)
 
 
 @torch.no_grad()
@@ -38,16 +38,15 @@ def measure(path):
     _, prefixes = embed_images(embedder, split.images[rows], torch.device("cpu"),
                                precision="float32")
     captions = describe(lm, tokenizer, prefixes)
-    with_image = image_context(lm, tokenizer, prefixes)                     # (N, 1 + K, C)
-    bos = lm.token_emb(torch.tensor([tokenizer.bos_id]))                    # (1, C)
-    embed = lambda text: lm.token_emb(torch.tensor(tokenizer.encode(text)))[:24]
-    contexts = {"image + own caption": lambda i: torch.cat([with_image[i], embed("\n" + captions[i])]),
-                "own caption alone": lambda i: torch.cat([bos, embed(captions[i])])}
+    with_image = after_own_caption(lm, tokenizer, prefixes, captions, 24)   # N (1 + K + T, C)
+    alone = [lm.token_emb(torch.tensor([tokenizer.bos_id] + tokenizer.encode(text)[:24]))
+             for text in captions]                                          # N (1 + T, C)
+    contexts = {"image + own caption": with_image, "own caption alone": alone}
     asked = [(i, question, reference, kind) for i, row in enumerate(rows)
              for question, reference, kind in object_questions(split.scenes[row])]
     results = {}
     for setting, context in contexts.items():
-        given = answer(lm, tokenizer, [context(i) for i, *_ in asked], [q for _, q, _, _ in asked], 16)
+        given = answer(lm, tokenizer, [context[i] for i, *_ in asked], [q for _, q, _, _ in asked], 16)
         right = {}
         for (_, _, reference, kind), text in zip(asked, given):
             right.setdefault(kind, []).append(verdict(text) == verdict(reference))
