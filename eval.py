@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from minivlp import (PRECISIONS, WORLDS, Glyph, LanguageModel, LMConfig, TextTower, VisualEmbedder,
-                     WorldConfig, caption, chained, embed_images, environment, freeze, generate,
-                     image_context, load_checkpoint, load_image, make_eval_splits,
+                     WorldConfig, caption, chained, chained_corpus, embed_images, environment,
+                     freeze, generate, image_context, load_checkpoint, load_image, make_eval_splits,
                      make_support_split, object_questions, pairs_split, question_prompt,
                      questions, read_pairs, resolve_device, retrieval_metrics, save_json,
                      zeroshot_accuracy, zeroshot_attributes)
@@ -159,12 +159,15 @@ def answer(lm, tokenizer, contexts, question_texts, max_new_tokens=None, batch_s
     return answers
 
 
-def after_own_caption(lm, tokenizer, prefixes, generated, room):
-    """(N, K, C) prefixes and the captions generated from them -> N (P, C) contexts
-    '<bos> [image] \n CAPTION', each caption cut to at most `room` tokens."""
-    return [torch.cat([context_emb, lm.token_emb(torch.tensor(tokenizer.encode(f"\n{text}")[:room],
-                                                              device=context_emb.device))])
-            for context_emb, text in zip(image_context(lm, tokenizer, prefixes), generated)]
+def own_caption_context(lm, tokenizer, generated, room):
+    """Captions the LM wrote from images -> N (P, C) contexts '<bos> CAPTION', each caption cut to
+    at most `room` tokens. The image's prefix is left out of the row: the LM answers from its own
+    description as it answers from text, which reads each object better than a row that still
+    holds the prefix (tutorials/results.md, "Answering from the caption alone")."""
+    device = lm.token_emb.weight.device
+    return [lm.token_emb(torch.tensor([tokenizer.bos_id] + tokenizer.encode(text)[:room],
+                                      device=device))
+            for text in generated]
 
 
 def solved_examples(lm, tokenizer, support_prefixes, support_scenes, kind, shots, room, rng,
@@ -235,8 +238,8 @@ def prefix_metrics(lm, tokenizer, prefixes, scenes, support_prefixes, support_sc
       vqa_acc           '<bos> [image] \n q: ... a:' (Frozen); on training images the prefix was
                         taught this prompt by the LM reading the caption (teacher_loss), never
                         by an answer label
-      vqa_describe_acc  '<bos> [image] \n CAPTION \n q: ... a:', CAPTION the LM's own caption of
-                        the image: the LM answers from what it said (describe, then answer)
+      vqa_describe_acc  '<bos> CAPTION \n q: ... a:', CAPTION the LM's own caption of the
+                        image: the LM answers from what it said (describe, then answer)
       vqa_blind_acc     '<bos> \n q: ... a:', no image: what the LM's prior alone gets right
       vqa_fewshot_acc   up to `shots` solved examples of the same kind of question first
                         (as many as fit in the LM's context), then the vqa_acc prompt
@@ -284,8 +287,7 @@ def prefix_metrics(lm, tokenizer, prefixes, scenes, support_prefixes, support_sc
     if not kinds:
         return metrics
     caption_room = min(room[kind] for kind in kinds)
-    said = after_own_caption(lm, tokenizer, prefixes[:vqa_images], generated[:vqa_images],
-                             caption_room)
+    said = own_caption_context(lm, tokenizer, generated[:vqa_images], caption_room)
     true_text = [torch.cat([blind, lm.token_emb(torch.tensor(
                      tokenizer.encode(caption(scene))[:caption_room], device=prefixes.device))])
                  for scene in scenes[:vqa_images]]
@@ -435,7 +437,7 @@ def format_table(results):
     """Retrieval, captioning and VQA tables, one row per split (VQA: one per setting)."""
     text = table("retrieval / zero-shot", RETRIEVAL_COLUMNS, list(results.items()))
     text += table("captioning", CAPTION_COLUMNS, list(results.items()))
-    settings = {"image": "vqa_acc", "image, own caption": "vqa_describe_acc",
+    settings = {"image": "vqa_acc", "own caption": "vqa_describe_acc",
                 "blind": "vqa_blind_acc", "image, examples first": "vqa_fewshot_acc",
                 "true caption, no image": "vqa_text_acc"}
     vqa_rows = [(f"{name} {setting}", {kind: metrics[f"{prefix}_{kind}"] for kind in VQA_KINDS
@@ -664,7 +666,8 @@ def draw_captions(split, generated, answers, path, count=6):
         lines = [(words, GREEN if right else RED) for words in textwrap.wrap(text, 30)[:2]]
         if answers:
             question, truth, given = answers[k]
-            lines += [(f"q: {question}", INK), (f"a: {given}", GREEN if given == truth else RED)]
+            right = verdict(given) == verdict(truth)
+            lines += [(f"q: {question}", INK), (f"a: {given}", GREEN if right else RED)]
         for line, (words, colour) in enumerate(lines):
             draw.text((x, 132 + 15 * line), words, fill=colour, font=font(11))
     canvas.save(path)
@@ -699,7 +702,7 @@ def draw_pictures(embedder, tower, split, history, objective, device, out, preci
             asked.append(pairs[0] if pairs else questions(scene, rng)[0][:2])
         room = lm.context - 1 - prefixes.shape[1] - max(query_length(tokenizer, q, a)
                                                         for q, a in asked)
-        contexts = after_own_caption(lm, tokenizer, prefixes[:6], generated, room)
+        contexts = own_caption_context(lm, tokenizer, generated, room)
         given = answer(lm, tokenizer, contexts, [q for q, _ in asked])
         draw_captions(split, generated, [(q, a, g) for (q, a), g in zip(asked, given)], paths[-1])
     return paths
@@ -831,7 +834,7 @@ def main(argv=None):
         # Describe, then answer: the setting that answers best (tutorials/results.md). Half the
         # context is left for the question and answer.
         said = describe(lm, tokenizer, prefix)
-        context_emb = after_own_caption(lm, tokenizer, prefix, said, lm.context // 2)[0]  # (P, C)
+        context_emb = own_caption_context(lm, tokenizer, said, lm.context // 2)[0]  # (P, C)
         print(said[0])
         print(answer(lm, tokenizer, [context_emb], [args.ask[1].strip().lower()])[0])
         return
@@ -847,7 +850,8 @@ def main(argv=None):
         support = make_support_split(world_cfg, config["seed"])
         results = evaluate(embedder, tower, make_eval_splits(world_cfg, config["seed"]), support,
                            device, objective, precision=args.precision, rerank=args.rerank,
-                           chain=config["lm"].get("reading_steps", 0) > 0)
+                           chain=chained_corpus(config["lm"].get("reading_steps", 0),
+                                                world_cfg.dataset, config.get("text")))
     print(format_table(results))
     if args.json:
         where = environment(device, args.precision)

@@ -60,14 +60,14 @@ class LMConfig:
     width: int = 128             # C: hidden size of the LM, and so of the visual embedding
     depth: int = 2               # transformer blocks (why 2: tutorials/design.md)
     heads: int = 4               # attention heads (width must divide evenly)
-    steps: int = 1800            # pretraining steps (why so many: tutorials/design.md)
+    steps: int = 3600            # pretraining steps (why so many: tutorials/design.md)
     batch_size: int = 32         # sequences of `context` tokens per step
     lr: float = 3e-3             # peak learning rate (AdamW), after linear warmup
     warmup_steps: int = 40
     weight_decay: float = 0.1
     grad_clip: float = 1.0
-    taps: int = 1                # positions each q, k, v mixes (4: copying can form, Part 2)
-    reading_steps: int = 0       # first steps on reading drills alone; > 0: reading corpus (Part 9)
+    taps: int = 4                # positions each q, k, v mixes (1: plain attention, Part 2)
+    reading_steps: int = 400     # first steps on reading drills alone; > 0: reading corpus (Part 9)
 
 
 @dataclass
@@ -79,9 +79,9 @@ class AlignConfig:
     weight_decay: float = 0.05
     temperature: float = 0.07    # τ in §4.2 (initial value when learned)
     learn_temperature: bool = True
-    prefix_tokens: int = 8       # K: embeddings the image becomes ahead of the LM's text (Frozen)
+    prefix_tokens: int = 16      # K: embeddings the image becomes ahead of the LM's text (Frozen)
     question_rows: int = 32      # images a step asked one question, taught by the LM (teacher_loss)
-    spelling: float = 0.0        # weight of spelling_loss: the prefix pulled towards its caption's words
+    spelling: float = 1.0        # weight of spelling_loss: the prefix pulled towards its caption's words
 
 
 def resolve_device(name):
@@ -145,7 +145,8 @@ class CausalSelfAttention(nn.Module):
     for that; with learned positions the tiny LM does not, within its budget. A key mixed with
     the previous position's key has it at once (Olsson et al.'s smeared keys; as a causal
     convolution over q, k and v: Primer, So et al. 2021, and the Canon layers of Allen-Zhu 2025).
-    taps = 1, the default, is plain attention; why: tutorials/design.md, "Reading its context".
+    The default mixes 4 positions; taps = 1 is plain attention (tutorials/design.md, "Reading its
+    context", measures both).
 
         qkv'_t = Σ_{j < taps} w_j ⊙ qkv_{t-j}      (w_j: a weight a channel; 0 before the row)
 
@@ -711,7 +712,7 @@ def prefix_loss(lm, tokenizer, prefix, tokens):
 # LM reads back by restating it, and a question asked straight after the image is answered by
 # position. Pulled towards the caption's own token embeddings, vector j towards the caption's
 # token j, the prefix becomes a line the LM can look things up in, as it looks them up in a
-# caption it has read (the reading recipe's LM then answers by object: tutorials/design.md).
+# caption it has read (the LM then answers by object straight after the image: tutorials/design.md).
 
 def spelling_loss(lm, tokenizer, prefix, tokens):
     """Mean 1 - cos(prefix_j, embedding of caption token j) over the caption tokens that fall in
@@ -1536,6 +1537,13 @@ def make_corpus(n_documents, seed, dataset="shapes", reading=False):
     if reading:
         documents += [lookup_document(rng) for _ in range(n_documents // 4)]
     return documents
+
+
+def chained_corpus(reading_steps, dataset, own_text):
+    """Whether the LM read the reading corpus, whose answers are `chained` (teacher_loss and VQA
+    then hold it to that form): reading steps, the shapes world and its built-in corpus, not your
+    own text or pairs."""
+    return reading_steps > 0 and dataset == "shapes" and not own_text
 
 
 def lookup_document(rng):

@@ -37,10 +37,10 @@ from eval import (RERANK_SAMPLES, Parser, add_data_flags, compare, draw_pictures
                   format_table, load_lm, read_table)
 from minivlp import (OBJECTIVES, PRECISIONS, AlignConfig, Checkpoints, LMConfig, LanguageModel,
                      Temperature, TextTower, TrainingStopped, VisualEmbedder, WorldConfig, align,
-                     compute_dtype, encode_corpus, environment, fit_whitening, freeze,
-                     held_out_loss, hold_out, load_checkpoint, make_corpus, make_support_split,
-                     make_world, pairs_split, pretrain_lm, rank_and_world, read_text,
-                     reading_drills, reading_tests, resolve_device, save_checkpoint, save_json,
+                     chained_corpus, compute_dtype, encode_corpus, environment, fit_whitening,
+                     freeze, held_out_loss, hold_out, load_checkpoint, make_corpus,
+                     make_support_split, make_world, pairs_split, pretrain_lm, rank_and_world,
+                     read_text, reading_drills, reading_tests, resolve_device, save_checkpoint, save_json,
                      text_features, text_words, WORLDS)
 from tokenizer import Tokenizer
 
@@ -74,8 +74,7 @@ MORE_HELP = {
     "align.warmup_steps": "steps of linear warmup to --lr, then cosine decay to a tenth",
     "align.weight_decay": "AdamW's decay of the embedder's weight matrices",
     "align.question_rows": "0 turns the teacher off",
-    "align.spelling": "0 (the default) leaves the prefix free; the reading recipe's prefix is "
-                      "spelled with 1 and --prefix-tokens 16 (README)",
+    "align.spelling": "0 leaves the prefix free (tutorials/design.md, \"The visual prefix\")",
     "align.learn_temperature": "learn τ with the embedder; --no-learn-temperature keeps it at "
                                "--temperature",
 }
@@ -86,7 +85,7 @@ PRETRAINED = {"locked", "finetune"}      # towers whose LM is pretrained on the 
 LEARNING = {"finetune", "scratch"}       # towers whose LM keeps learning during alignment
 
 # Every number must be positive, except these, which may also be 0.
-MAY_BE_ZERO = {"warmup_steps", "weight_decay", "question_rows", "spelling"}
+MAY_BE_ZERO = {"warmup_steps", "weight_decay", "question_rows", "spelling", "reading_steps"}
 
 
 def number(kind, may_be_zero):
@@ -354,7 +353,7 @@ def read_lm(path, device):
 
 
 def align_stage(tokenizer, lm, train, world_cfg, lm_cfg, align_cfg, objective, text_tower, device,
-                seed, checkpoints, compile, precision):
+                seed, checkpoints, compile, precision, chain):
     """§3.2 steps 2-3: the text tower (LM + fixed whitening), then train the embedder."""
     mean, matrix = fit_whitening(text_features(lm, tokenizer, train.captions, device))
     tower = TextTower(lm, tokenizer, mean, matrix, device)
@@ -364,7 +363,7 @@ def align_stage(tokenizer, lm, train, world_cfg, lm_cfg, align_cfg, objective, t
     history = align(embedder, temperature, tower, train.images, train.caption_index,
                     train.captions, align_cfg, objective, device, seed, scenes=train.scenes,
                     train_lm=text_tower in LEARNING, checkpoints=checkpoints, compile=compile,
-                    precision=precision, chain=lm_cfg.reading_steps > 0)
+                    precision=precision, chain=chain)
     print(f"alignment: {align_cfg.steps} steps in {history['seconds']:.1f} s, "
           f"{history['images_per_s']:,.0f} images/s, final τ {temperature().item():.4f}")
     return tower, embedder, temperature, history
@@ -503,9 +502,10 @@ def run(args, configs, asked_vocab):
         print(f"wrote {out / 'lm.pt'}")
         return
 
+    chain = chained_corpus(lm_cfg.reading_steps, world_cfg.dataset, args.text or args.data)
     tower, embedder, temperature, align_history = align_stage(
         tokenizer, lm, data["train"], world_cfg, lm_cfg, align_cfg, args.objective,
-        args.text_tower, device, args.seed, checkpoints, args.compile, args.precision)
+        args.text_tower, device, args.seed, checkpoints, args.compile, args.precision, chain)
     checkpoint.update(lm=lm.state_dict(),  # unchanged for a frozen tower, trained otherwise
                       embedder=embedder.state_dict(), temperature=temperature().item(),
                       whitening_mean=tower.mean.cpu(), whitening_matrix=tower.matrix.cpu(),
@@ -518,8 +518,7 @@ def run(args, configs, asked_vocab):
     support = None if args.data else make_support_split(world_cfg, args.seed)
     evaluation_start = time.perf_counter()
     metrics = evaluate(embedder, tower, held_out, support, device, args.objective,
-                       precision=args.precision, rerank=RERANK_SAMPLES,
-                       chain=lm_cfg.reading_steps > 0)
+                       precision=args.precision, rerank=RERANK_SAMPLES, chain=chain)
     trainable = sum(p.numel() for p in embedder.parameters()) + int(align_cfg.learn_temperature)
     if args.text_tower in LEARNING:
         trainable += sum(p.numel() for p in lm.parameters())

@@ -4,8 +4,9 @@ the colour of the image rather than against the code that produced them.
 
 The embedder maps a flat-coloured image to K prefix vectors that score each colour of COLOURS
 by nearness (colour dims 0..6 of the LM width, zero-sum). The LM has one block:
-  - token embeddings: a colour word ' red' is ALPHA (e_red + e_flag), the newline 2 ALPHA
-    e_newline, every other token 0, so that other tokens add nothing to what the LM reads;
+  - token embeddings: a colour word ' red' (or 'red', starting a line) is ALPHA (e_red + e_flag),
+    the newline 2 ALPHA e_newline, every other token 0, so that other tokens add nothing to what
+    the LM reads;
   - attention: every score 0, so each position reads the mean of all positions up to it; the
     values keep the colour dims (centred) and drop the rest: a position's colour dims hold the
     mean colour of the image and of the colour words read so far;
@@ -35,26 +36,31 @@ ALPHA = 4.0
 
 
 def colour_tokenizer():
-    """A BPE tokenizer in which each colour word, after a space, is one token."""
-    tokenizer = Tokenizer.train("".join(f" {name}" for name in NAMES) * 20, vocab_size=293)
+    """A BPE tokenizer in which each colour word, after a space or at a line's start (a caption
+    read as its own line), is one token."""
+    words = "".join(f" {name}" for name in NAMES) + "\n" + "\n".join(NAMES) + "\n"
+    tokenizer = Tokenizer.train(words * 20, vocab_size=293)
     for name in NAMES:
-        assert len(tokenizer.encode(f" {name}")) == 1, name
+        assert len(tokenizer.encode(f" {name}")) == len(tokenizer.encode(name)) == 1, name
     return tokenizer
 
 
-def colour_word_ids(tokenizer):
-    return [tokenizer.encode(f" {name}")[0] for name in NAMES]
+def colour_word_ids(tokenizer, spelling):
+    """The token of each colour word of NAMES, written as spelling.format(name)."""
+    return [tokenizer.encode(spelling.format(name))[0] for name in NAMES]
 
 
 @torch.no_grad()
 def colour_lm(tokenizer, context=64):
-    cfg = LMConfig(vocab_size=tokenizer.vocab_size, context=context, width=WIDTH, depth=1, heads=1)
+    cfg = LMConfig(vocab_size=tokenizer.vocab_size, context=context, width=WIDTH, depth=1, heads=1,
+                   taps=1)  # plain attention: the weights below are set by hand
     lm = LanguageModel(cfg)
     for p in lm.parameters():
         p.zero_()
     n = len(NAMES)
-    for c, token in enumerate(colour_word_ids(tokenizer)):
-        lm.token_emb.weight[token, c] = lm.token_emb.weight[token, FLAG] = ALPHA
+    for spelling in (" {}", "{}"):
+        for c, token in enumerate(colour_word_ids(tokenizer, spelling)):
+            lm.token_emb.weight[token, c] = lm.token_emb.weight[token, FLAG] = ALPHA
     lm.token_emb.weight[tokenizer.encode("\n")[-1], NEWLINE] = 2 * ALPHA
     lm.token_emb.weight[tokenizer.pad_id, NOTHING] = 1.0
     block = lm.blocks[0]

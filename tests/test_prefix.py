@@ -329,7 +329,8 @@ def test_vqa_settings_read_what_each_promises_worked_out_for_the_colour_reader(c
     """prefix_metrics with the colour reader, which names the colour it reads (the image's, or
     the first colour word of the text), on one-object scenes. The first half of the prefixes
     show each scene's colour, the second half the next colour of COLOURS: so by hand
-      vqa_acc_colour = vqa_describe_acc_colour = 0.5   (the image's colour, said again)
+      vqa_acc_colour = vqa_describe_acc_colour = 0.5   (the image's colour, said again; its
+                                                         own caption names the image's colour)
       vqa_text_acc_colour = 1.0                         (the true caption names the colour)
       vqa_blind_acc_colour = 0.0                        (nothing to read: no colour word)
       every other kind 0.0                              (a colour is never a count, a shape,

@@ -64,27 +64,21 @@ def test_the_headline_tables_are_the_five_locked_runs():
         "image → text R@1": ["image_to_text_R@1"], "text → image R@1": ["text_to_image_R@1"],
         "zero-shot, mean of 4 attributes": [f"zeroshot_{a}_acc"
                                             for a in ("colour", "shape", "size", "position")],
-        "caption exact match": ["caption_exact_match"]}
+        "caption exact match": ["caption_exact_match"],
+        "caption, re-ranked by v": ["caption_exact_match_reranked"]}
     for row, keys in metrics_of_row.items():
         for split, cell in zip(["test", "compositional", "paraphrase"], rows[row]):
             if cell:
                 check(cell, [mean_of(m, split, keys) for m in locked])
-    settings = {"image": "vqa_acc", "image, own caption": "vqa_describe_acc",
-                "blind": "vqa_blind_acc", "true caption": "vqa_text_acc"}
+    settings = {"image": "vqa_acc", "own caption": "vqa_describe_acc", "blind": "vqa_blind_acc",
+                "image, examples first": "vqa_fewshot_acc", "true caption": "vqa_text_acc"}
     for row, prefix in settings.items():
-        for kind, cell in zip(KINDS, rows[row]):
+        for kind, cell in zip(KINDS, rows[row], strict=True):
             check(cell, [m["test"][f"{prefix}_{kind}"] for m in locked])
-
-
-def test_the_reranked_captions_table_is_the_five_reruns():
-    reruns = runs("reranked")
-    assert sorted(m["run"]["config"]["seed"] for m in reruns) == [0, 1, 2, 3, 4]
-    assert all(m["run"]["config"]["objective"] == "both" for m in reruns)
-    rows = table_rows("Results")
-    for row, key in [("greedy", "caption_exact_match"),
-                     ("re-ranked by v", "caption_exact_match_reranked")]:
-        for split, cell in zip(["test", "compositional"], rows[row]):
-            check(cell, [m[split][key] for m in reruns])
+    # the runs are the default's: the reading LM and the spelled prefix of 16
+    assert {(m["run"]["config"]["lm"]["taps"], m["run"]["config"]["lm"]["steps"],
+             m["run"]["config"]["align"]["prefix_tokens"], m["run"]["config"]["align"]["spelling"])
+            for m in locked} == {(4, 3600, 16, 1.0)}
 
 
 @pytest.mark.parametrize("tower", ["locked", "random", "finetune", "scratch"])
@@ -127,7 +121,7 @@ def test_the_reading_tables_are_the_stored_runs_and_benchmark():
                 continue
             for kind, cell in zip(by_object, rows[label + row], strict=True):
                 check(cell, [m["test"][f"{prefix}_{kind}"] for m in runs(f"reading/{name}")])
-    for first, name in {"default (0–4)": "default", "reading recipe (0–4)": "recipe"}.items():
+    for first, name in {"plain LM (0–4)": "default", "reading recipe (0–4)": "recipe"}.items():
         stored = runs(f"reading/{name}")
         bench = json.loads((RUNS / "reading" / f"{name}.json").read_text())
         assert sorted(int(seed) for seed in bench) == [m["run"]["config"]["seed"] for m in stored]
@@ -167,7 +161,7 @@ def test_the_naming_table_is_the_stored_benchmark():
     rows = table_rows("Naming from one example (Frozen's fast binding)",
                       (ROOT / "tutorials" / "results.md").read_text(encoding="utf-8"))
     naming = json.loads((RUNS / "reading" / "naming.json").read_text())
-    for first, name in {"default": "default", "reading recipe": "recipe",
+    for first, name in {"plain LM": "default", "reading recipe": "recipe",
                         "6 taps (not kept)": "taps6"}.items():
         seeds = naming[name]
         assert sorted(seeds) == ["0", "1", "2", "3", "4"]
@@ -185,8 +179,8 @@ def test_the_own_caption_table_is_the_stored_probe():
                       (ROOT / "tutorials" / "results.md").read_text(encoding="utf-8"))
     probe = json.loads((RUNS / "reading" / "own_caption.json").read_text())
     kinds = ["colour_first", "colour_second", "shape_first", "shape_second", "exists_absent"]
-    for name, label in {"default": "default", "recipe": "reading recipe",
-                        "taps6": "6 taps (not kept)"}.items():
+    for name, label in {"default": "plain LM", "recipe": "reading recipe",
+                        "taps6": "6 taps (not kept)", "spelled": "spelled prefix (the default)"}.items():
         assert sorted(probe[name]) == ["0", "1", "2", "3", "4"]
         for setting, words in {"image + own caption": "image and own caption",
                                "own caption alone": "own caption alone"}.items():
@@ -210,40 +204,34 @@ def test_the_spelled_prefix_with_the_default_lm_is_the_stored_runs():
         check(cell, [m[split]["caption_exact_match"] for m in ran])
 
 
-def test_the_readmes_reading_table_is_the_benchmark():
-    """README, "Does the frozen LM read what it is shown?": the table is what lm_reading.py
-    printed for the LMs of results.md's reading runs, and the sentence after it the spelled
-    prefix's runs; results.md gives their VQA after describing the image."""
+def test_the_readmes_reading_tables_are_the_benchmark_and_the_default_runs():
+    """README, "Does the frozen LM read what it is shown?": the first table is what lm_reading.py
+    printed for the plain LMs (runs/reading/default.json) and the default's (recipe.json: the
+    same LMs as runs/locked, bit for bit), the second the default runs' VQA by object."""
     heading = "Does the frozen LM read what it is shown?"
     rows = table_rows(heading)
     keys = ["copy", "names_2way", "names_5way", "colour_first", "colour_second", "exists_absent"]
-    for first, name in {"default": "default", "reading recipe": "recipe"}.items():
+    for first, name in {"plain LM": "default", "default": "recipe"}.items():
         bench = json.loads((RUNS / "reading" / f"{name}.json").read_text())
         for cell, key in zip(rows[first], keys, strict=True):
             check(cell, [bench[seed][key] for seed in bench])
+    locked = runs("locked")
+    # the same LMs: recipe.json measured the LMs of runs/reading/recipe, whose held-out losses are
+    # the default runs' to the last digit
+    assert [m["run"]["lm_held_out_loss"] for m in locked] == \
+        [m["run"]["lm_held_out_loss"] for m in runs("reading/recipe")]
+    for row, prefix in {"image": "vqa_acc", "own caption": "vqa_describe_acc",
+                        "true caption": "vqa_text_acc"}.items():
+        for cell, kind in zip(rows[row], ["colour_first", "colour_second", "exists_absent"],
+                              strict=True):
+            check(cell, [m["test"][f"{prefix}_{kind}"] for m in locked])
     described = {name: [f"{np.mean([m['test'][f'vqa_describe_acc_{kind}'] for m in runs(name)]):.2f}"
                         for kind in ("colour", "shape", "exists")]
                  for name in ("reading/recipe", "reading/default")}
-    (colour, shape, exists), default = described["reading/recipe"], described["reading/default"]
+    (colour, shape, exists), plain = described["reading/recipe"], described["reading/default"]
     results = " ".join((ROOT / "tutorials" / "results.md").read_text(encoding="utf-8").split())
-    assert f"colour {colour}, shape {shape} and `exists` {exists}, against {default[0]}, " \
-           f"{default[1]} and {default[2]} for the default" in results
-    section = " ".join(README.split(f"## {heading}\n")[1].split("\n## ")[0].split())
-    # straight after the image, the spelled prefix (runs/reading/spelled) against the free one
-    number = r"([0-9.]+ \([0-9.]+–[0-9.]+\))"
-    first, second, absent, captions = re.search(
-        rf"colour of the first object {number}, of the second {number}, an absent pair denied "
-        rf"{number}, .* captions of new pairs {number} against", section).groups()
-    spelled, free = runs("reading/spelled"), runs("reading/recipe")
-    for cell, key in [(first, "vqa_acc_colour_first"), (second, "vqa_acc_colour_second"),
-                      (absent, "vqa_acc_exists_absent")]:
-        check(cell, [m["test"][key] for m in spelled])
-    check(captions, [m["compositional"]["caption_exact_match"] for m in spelled])
-    free_cells = [f"{np.mean([m['test'][key] for m in free]):.2f}" for key in
-                  ("vqa_acc_colour_first", "vqa_acc_colour_second", "vqa_acc_exists_absent")]
-    comp = np.mean([m["compositional"]["caption_exact_match"] for m in free])
-    assert f"against {', '.join(free_cells[:2])} and {free_cells[2]} with the free prefix" in section
-    assert f"against {comp:.3f}." in section
+    assert f"colour {colour}, shape {shape} and `exists` {exists}, against {plain[0]}, " \
+           f"{plain[1]} and {plain[2]} for the plain LM" in results
 
 
 def seeds(*towers):
@@ -252,6 +240,7 @@ def seeds(*towers):
 
 @pytest.mark.parametrize("section, block, towers", [
     ("## The shapes world, every setting", 3, ["locked"]),
+    ("## The plain LM, every setting", 3, ["plain"]),
     ("## A second world: glyphs", 3, ["glyphs", "glyphs_random"]),
     ("## A second world: glyphs", 5, ["glyphs"])])
 def test_the_full_tables_of_the_results_page_are_what_compare_prints_for_the_runs(section, block,
@@ -266,8 +255,8 @@ def test_the_full_tables_of_the_results_page_are_what_compare_prints_for_the_run
 # the one setting of the run's config in which they differ from the default run of the same seed
 # (the table's first row), with its value
 CHOICES = {
-    "### Around the default": {
-        "default": ("locked", ("align", "question_rows"), 32),
+    "### Around the plain LM": {
+        "plain LM": ("plain", ("align", "question_rows"), 32),
         "`--question-rows 0`": ("choices/q0", ("align", "question_rows"), 0),
         "`--prefix-tokens 4`": ("choices/k4", ("align", "prefix_tokens"), 4),
         "`--objective prefix`": ("choices/prefix", ("objective",), "prefix"),
@@ -321,16 +310,20 @@ def test_the_design_choices_tables_are_the_stored_runs(heading):
 
 
 def test_the_new_pairs_table_is_the_stored_benchmark():
-    """results.md's per-pair table against what compositional_pairs.py wrote for the reruns."""
-    stored = json.loads((RUNS / "reranked" / "pairs.json").read_text())
+    """results.md's per-pair table against what compositional_pairs.py wrote for the default runs
+    (runs/locked/pairs.json) and for the plain LM's reruns (runs/reranked/pairs.json)."""
+    stored = json.loads((RUNS / "locked" / "pairs.json").read_text())
+    plain = json.loads((RUNS / "reranked" / "pairs.json").read_text())
     page = (ROOT / "tutorials" / "results.md").read_text(encoding="utf-8")
     rows = table_rows("Captions of new pairs", page)
-    assert set(rows) - {"pair, objects in the scene"} == set(stored)
+    assert set(rows) - {"pair, objects in the scene"} == set(stored) == set(plain)
     for pair, counts in stored.items():
-        images, greedy, reranked, *missed = rows[pair]
-        assert int(images) == counts["images"]
-        assert float(greedy) == round(counts["greedy"] / counts["images"], 3)
-        assert float(reranked) == round(counts["reranked"] / counts["images"], 3)
+        images, greedy, reranked, *missed, plain_greedy, plain_reranked = rows[pair]
+        assert int(images) == counts["images"] == plain[pair]["images"]
+        for cell, ran, key in [(greedy, counts, "greedy"), (reranked, counts, "reranked"),
+                               (plain_greedy, plain[pair], "greedy"),
+                               (plain_reranked, plain[pair], "reranked")]:
+            assert float(cell) == round(ran[key] / ran["images"], 3), (pair, key)
         assert [int(n) for n in missed] == [counts.get(name, 0) for name in MISSES]
     glyphs = json.loads((RUNS / "reranked" / "glyphs_seed2.json").read_text())["compositional"]
     assert f"pairs at {glyphs['caption_exact_match']:.3f}" in " ".join(page.split())

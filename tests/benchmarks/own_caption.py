@@ -2,11 +2,12 @@
 
     python tests/benchmarks/own_caption.py --ckpt out/seed*/minivlp.pt [--json FILE]
 
-eval.py's 'image, own caption' setting asks the question after '<bos> [image] \\n CAPTION', the
-caption the LM wrote from the image. Here the same questions are also asked after '<bos> CAPTION'
-alone, so that the LM reads its description as it reads text. Two-object scenes among the first
-500 `test` images (as eval.py), each question of minivlp.object_questions, scored by the answer's
-verdict; captions are cut to 24 tokens (a caption that runs on would leave no room to answer).
+eval.py's 'own caption' setting asks the question after '<bos> CAPTION', the caption the LM
+wrote from the image, read as text. Here the same questions are also asked after
+'<bos> [image] \\n CAPTION', the image's prefix still in the row (eval.py's setting before).
+Two-object scenes among the first 500 `test` images (as eval.py), each question of
+minivlp.object_questions, scored by the answer's verdict; captions are cut to 24 tokens (a
+caption that runs on would leave no room to answer).
 Prints each checkpoint's accuracies by object; --json writes {seed: {setting: {kind: accuracy}}}
 (tutorials/runs/reading/own_caption.json holds results.md's, one for each LM).
 """
@@ -20,9 +21,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from eval import after_own_caption, answer, describe, load_models, verdict  # noqa: E402
-from minivlp import (embed_images, load_checkpoint, make_eval_splits,  # noqa: E402
-                     object_questions)
+from eval import answer, describe, load_models, own_caption_context, verdict  # noqa: E402
+from minivlp import (embed_images, image_context, load_checkpoint,  # noqa: E402
+                     make_eval_splits, object_questions)
 
 
 @torch.no_grad()
@@ -38,9 +39,10 @@ def measure(path):
     _, prefixes = embed_images(embedder, split.images[rows], torch.device("cpu"),
                                precision="float32")
     captions = describe(lm, tokenizer, prefixes)
-    with_image = after_own_caption(lm, tokenizer, prefixes, captions, 24)   # N (1 + K + T, C)
-    alone = [lm.token_emb(torch.tensor([tokenizer.bos_id] + tokenizer.encode(text)[:24]))
-             for text in captions]                                          # N (1 + T, C)
+    alone = own_caption_context(lm, tokenizer, captions, 24)                # N (1 + T, C)
+    with_image = [torch.cat([row, lm.token_emb(torch.tensor(tokenizer.encode(f"\n{text}")[:24]))])
+                  for row, text in zip(image_context(lm, tokenizer, prefixes), captions)]
+    # N (1 + K + 1 + T, C): '<bos> [image] \n CAPTION'
     contexts = {"image + own caption": with_image, "own caption alone": alone}
     asked = [(i, question, reference, kind) for i, row in enumerate(rows)
              for question, reference, kind in object_questions(split.scenes[row])]
