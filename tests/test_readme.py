@@ -86,7 +86,8 @@ def test_the_ablation_table_is_the_stored_runs(tower):
     rows = table_rows("What the pretrained LM buys: the text-tower ablation")
     first = next(first for first in rows if first.startswith(f"`{tower}`"))  # '`locked` (0,1,2)'
     seeds = [int(seed) for seed in re.search(r"\(([\d,]+)\)", first)[1].split(",")]
-    stored = [m for m in runs(tower) if m["run"]["config"]["seed"] in seeds]
+    folder = "plain" if tower == "locked" else tower       # the plain LM's four towers
+    stored = [m for m in runs(folder) if m["run"]["config"]["seed"] in seeds]
     assert [m["run"]["config"]["seed"] for m in stored] == seeds
     assert all(m["run"]["text_tower"] == tower for m in stored)
     columns = [("test", ["image_to_text_R@1"]), ("paraphrase", ["image_to_text_R@1"]),
