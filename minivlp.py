@@ -67,7 +67,7 @@ class LMConfig:
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     taps: int = 4                # positions each q, k, v mixes (1: plain attention, Part 2)
-    reading_steps: int = 400     # first steps on reading drills alone; > 0: reading corpus (Part 9)
+    reading_steps: int = 400     # first steps on reading drills, then the reading corpus (shapes, Part 9)
 
 
 @dataclass

@@ -312,14 +312,16 @@ def warn_if_truncated(tokenizer, splits, lm_cfg, prefix_tokens):
 def pretrain_stage(lm_cfg, documents, tokenizer, text_tower, device, seed, checkpoints, compile,
                    precision, dataset=None):
     """§3.2 step 1: the LM on the text-only corpus, then freeze it. For a built-in world
-    (dataset) the reading tests are watched, and with reading steps the reading drills come first
-    and stay mixed in (minivlp Part 9); your own text is read as it is."""
+    (dataset) the reading tests are watched, and with reading steps the shapes world's reading
+    drills come first and stay mixed in (minivlp Part 9); your own text is read as it is."""
     held_out = max(1, len(documents) // 20)  # 5% of documents for held-out loss and perplexity
     drills, reading = [], {}
     if dataset:
         words, naming = text_words(documents), dataset == "shapes"
         reading = reading_tests(tokenizer, lm_cfg.context, words, naming)
-        if lm_cfg.reading_steps > 0:
+        # the drills go with the reading corpus, which only the shapes world has: on the glyph
+        # world's plain corpus they cost the letter questions (tutorials/results.md, glyphs)
+        if chained_corpus(lm_cfg.reading_steps, dataset, own_text=False):
             drills = reading_drills(len(documents), seed, words, naming)
     train_stream = encode_corpus(tokenizer, documents[held_out:] + drills)
     held_out_stream = encode_corpus(tokenizer, documents[:held_out])

@@ -360,6 +360,21 @@ def test_the_prefixes_tried_are_the_stored_probes():
             f"{default[2][reranked]:.3f})") in text
 
 
+def test_the_glyph_worlds_default_table_is_the_stored_runs():
+    """results.md, glyphs: seed 0 of the default (runs/glyphs_default) and of the plain LM."""
+    page = (ROOT / "tutorials" / "results.md").read_text(encoding="utf-8")
+    rows = table_rows("A second world: glyphs", page)
+    kinds = ["colour", "letter", "background", "size", "exists"]
+    for label, folder in {"default": "glyphs_default", "plain LM": "glyphs"}.items():
+        m = next(m for m in runs(folder) if m["run"]["config"]["seed"] == 0)
+        values = [m["test"]["caption_exact_match"], m["compositional"]["caption_exact_match"]]
+        values += [m["test"][f"vqa_acc_{kind}"] for kind in kinds]
+        values += [m["test"]["vqa_text_acc_colour"], m["test"]["vqa_text_acc_letter"]]
+        assert rows[label] == [f"{value:.3f}" for value in values], label
+    default = runs("glyphs_default")[0]["run"]["config"]
+    assert default["world"]["dataset"] == "glyphs" and default["lm"]["taps"] == 4
+
+
 def test_the_digits_table_is_the_stored_evaluations():
     page = (ROOT / "tutorials" / "results.md").read_text(encoding="utf-8")
     rows = {}
