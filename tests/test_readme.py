@@ -83,7 +83,8 @@ def test_the_headline_tables_are_the_five_locked_runs():
 
 @pytest.mark.parametrize("tower", ["locked", "random", "finetune", "scratch"])
 def test_the_ablation_table_is_the_stored_runs(tower):
-    rows = table_rows("What the pretrained LM buys: the text-tower ablation")
+    rows = table_rows("What the pretrained LM buys: the text-tower ablation",
+                      (ROOT / "tutorials" / "results.md").read_text(encoding="utf-8"))
     first = next(first for first in rows if first.startswith(f"`{tower}`"))  # '`locked` (0,1,2)'
     seeds = [int(seed) for seed in re.search(r"\(([\d,]+)\)", first)[1].split(",")]
     folder = "plain" if tower == "locked" else tower       # the plain LM's four towers
@@ -96,6 +97,23 @@ def test_the_ablation_table_is_the_stored_runs(tower):
                ("test", [f"vqa_blind_acc_{kind}" for kind in KINDS])]
     for (split, keys), cell in zip(columns, rows[first]):
         check(cell, [mean_of(m, split, keys) for m in stored])
+
+
+def test_the_readmes_ablation_summary_is_the_stored_runs():
+    """README, "What the pretrained LM buys": the figures of its summary, from the towers' runs."""
+    section = " ".join(README.split("## What the pretrained LM buys")[1].split("\n## ")[0].split())
+    mean = lambda folder, split, keys: np.mean([mean_of(m, split, keys) for m in runs(folder)
+                                                if m["run"]["config"]["seed"] in (0, 1, 2)])
+    para = {t: f"{mean(f, 'paraphrase', ['image_to_text_R@1']):.2f}"
+            for t, f in {"locked": "plain", "random": "random", "finetune": "finetune"}.items()}
+    assert (f"`locked` {para['locked']}, `random` {para['random']}, `finetune` "
+            f"{para['finetune']}") in section
+    own = {t: f"{mean(f, 'test', [f'vqa_describe_acc_{k}' for k in KINDS]):.2f}"
+           for t, f in {"locked": "plain", "finetune": "finetune", "random": "random",
+                        "scratch": "scratch"}.items()}
+    assert own["random"] == own["scratch"] == "0.00"
+    assert f"caption {own['locked']}, `finetune` {own['finetune']}, `random` and `scratch` 0.00" \
+        in section
 
 
 def test_the_reading_tables_are_the_stored_runs_and_benchmark():

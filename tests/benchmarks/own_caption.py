@@ -4,7 +4,7 @@
 
 eval.py's 'own caption' setting asks the question after '<bos> CAPTION', the caption the LM
 wrote from the image, read as text. Here the same questions are also asked after
-'<bos> [image] \\n CAPTION', the image's prefix still in the row (eval.py's setting before).
+'<bos> [image] \\n CAPTION', with the image's prefix still in the row.
 Two-object scenes among the first 500 `test` images (as eval.py), each question of
 minivlp.object_questions, scored by the answer's verdict; captions are cut to 24 tokens (a
 caption that runs on would leave no room to answer).
