@@ -81,7 +81,7 @@ class AlignConfig:
     learn_temperature: bool = True
     prefix_tokens: int = 16      # K: embeddings the image becomes ahead of the LM's text (Frozen)
     question_rows: int = 32      # images a step asked one question, taught by the LM (teacher_loss)
-    spelling: float = 1.0        # weight of spelling_loss: the prefix pulled towards its caption's words
+    spelling: float = 16.0       # weight of spelling_loss: the prefix pulled towards its caption's words
 
 
 def resolve_device(name):
@@ -713,6 +713,7 @@ def prefix_loss(lm, tokenizer, prefix, tokens):
 # position. Pulled towards the caption's own token embeddings, vector j towards the caption's
 # token j, the prefix becomes a line the LM can look things up in, as it looks them up in a
 # caption it has read (the LM then answers by object straight after the image: tutorials/design.md).
+# The pull is strong (weight 16): a vector merely near its word is found less surely than the word.
 
 def spelling_loss(lm, tokenizer, prefix, tokens):
     """Mean 1 - cos(prefix_j, embedding of caption token j) over the caption tokens that fall in

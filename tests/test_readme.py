@@ -78,7 +78,7 @@ def test_the_headline_tables_are_the_five_locked_runs():
     # the runs are the default's: the reading LM and the spelled prefix of 16
     assert {(m["run"]["config"]["lm"]["taps"], m["run"]["config"]["lm"]["steps"],
              m["run"]["config"]["align"]["prefix_tokens"], m["run"]["config"]["align"]["spelling"])
-            for m in locked} == {(4, 3600, 16, 1.0)}
+            for m in locked} == {(4, 3600, 16, 16.0)}
 
 
 @pytest.mark.parametrize("tower", ["locked", "random", "finetune", "scratch"])
@@ -199,7 +199,7 @@ def test_the_own_caption_table_is_the_stored_probe():
     probe = json.loads((RUNS / "reading" / "own_caption.json").read_text())
     kinds = ["colour_first", "colour_second", "shape_first", "shape_second", "exists_absent"]
     for name, label in {"default": "plain LM", "recipe": "reading recipe",
-                        "taps6": "6 taps (not kept)", "spelled": "spelled prefix (the default)"}.items():
+                        "taps6": "6 taps (not kept)", "spelled": "spelled prefix, weight 1"}.items():
         assert sorted(probe[name]) == ["0", "1", "2", "3", "4"]
         for setting, words in {"image + own caption": "image and own caption",
                                "own caption alone": "own caption alone"}.items():
@@ -221,6 +221,94 @@ def test_the_spelled_prefix_with_the_default_lm_is_the_stored_runs():
     for cell, (split, ran) in zip(cells, [("compositional", spelled), ("compositional", free),
                                           ("test", spelled), ("test", free)]):
         check(cell, [m[split]["caption_exact_match"] for m in ran])
+
+
+def test_how_hard_to_pull_is_the_stored_probes_and_runs():
+    """design.md, "How hard to pull": seed 1's probes (runs/spelling/, the default's seed 1 for
+    weight 16) and the five seeds at weight 16 (runs/locked) against weight 1 (runs/spelling/weight1)."""
+    page = (ROOT / "tutorials" / "design.md").read_text(encoding="utf-8")
+    section = page.split("**How hard to pull.**")[1].split("\n**")[0]
+    probe = lambda name: json.loads((RUNS / "spelling" / f"seed1_{name}.json").read_text())
+    seed1 = lambda folder: next(m for m in runs(folder) if m["run"]["config"]["seed"] == 1)
+    files = {"weight 1 |": seed1("spelling/weight1"), "weight 4": probe("weight4"),
+             "weight 16": seed1("locked"), "weight 1, 128 images": probe("question_rows128"),
+             "weight 1, the teacher": probe("object_questions"),
+             "weight 1, all 16": probe("repeated")}
+    rows = [line for line in section.splitlines() if line.startswith("| weight")]
+    assert len(rows) == len(files)
+    kinds = ["colour_first", "colour_second", "shape_first", "shape_second", "exists_absent"]
+    for line in rows:
+        metrics = next(m for start, m in files.items() if line.startswith(f"| {start}"))
+        cells = [cell.strip() for cell in line.strip("|").split("|")][1:]
+        assert cells == [f"{metrics['test'][f'vqa_acc_{kind}']:.2f}" for kind in kinds] + [
+            f"{metrics[split]['caption_exact_match']:.3f}" for split in ("test", "compositional")]
+    assert [(files[name]["run"]["config"]["align"]["spelling"],
+             files[name]["run"]["config"]["align"]["question_rows"])
+            for name in ("weight 4", "weight 16", "weight 1, 128 images")] == [(4.0, 32), (16.0, 32),
+                                                                                 (1.0, 128)]
+    text = " ".join(section.split())
+    pulled, weight1 = runs("locked"), runs("spelling/weight1")
+    mean = lambda ran, split, key: f"{np.mean([m[split][key] for m in ran]):.2f}"
+    assert (f"colour of the first and the second object {mean(pulled, 'test', 'vqa_acc_colour_first')}"
+            f" and {mean(pulled, 'test', 'vqa_acc_colour_second')} against "
+            f"{mean(weight1, 'test', 'vqa_acc_colour_first')} and "
+            f"{mean(weight1, 'test', 'vqa_acc_colour_second')}, an absent pair denied "
+            f"{mean(pulled, 'test', 'vqa_acc_exists_absent')} against "
+            f"{mean(weight1, 'test', 'vqa_acc_exists_absent')}") in text
+    number = r"([0-9.]+ \([0-9.]+–[0-9.]+\))"
+    comp = re.search(rf"`compositional` captions {number} against (\d\.\d+)", text).groups()
+    check(comp[0], [m["compositional"]["caption_exact_match"] for m in pulled])
+    assert comp[1] == f"{np.mean([m['compositional']['caption_exact_match'] for m in weight1]):.3f}"
+    para = re.search(rf"text to image {number} against {number}; image to text is (\d\.\d+) "
+                     r"against (\d\.\d+)", text).groups()
+    for cell, ran in zip(para[:2], [pulled, weight1]):
+        check(cell, [m["paraphrase"]["text_to_image_R@1"] for m in ran])
+    assert list(para[2:]) == [f"{np.mean([m['paraphrase']['image_to_text_R@1'] for m in ran]):.3f}"
+                              for ran in (pulled, weight1)]
+
+
+def test_what_composed_is_the_stored_runs():
+    """design.md, "Captions of new pairs": the default's greedy and re-ranked `compositional`
+    captions (runs/locked) against weight 1 (runs/spelling/weight1) and the free prefix of 8
+    (runs/reading/recipe, the same LMs)."""
+    text = " ".join((ROOT / "tutorials" / "design.md").read_text(encoding="utf-8").split())
+    found = re.search(r"Greedy `compositional` captions are then (\d\.\d+ \(\d\.\d+–\d\.\d+\)) "
+                      r"over seeds 0–4, every seed above (\d\.\d+), against (\d\.\d+) at weight 1 "
+                      r"and (\d\.\d+) for the free prefix of 8 with the same LMs; re-ranked by v, "
+                      r"(\d\.\d+)", text).groups()
+    greedy = lambda folder: [m["compositional"]["caption_exact_match"] for m in runs(folder)]
+    check(found[0], greedy("locked"))
+    assert min(greedy("locked")) > float(found[1])
+    assert [found[2], found[3]] == [f"{np.mean(greedy(f)):.3f}"
+                                    for f in ("spelling/weight1", "reading/recipe")]
+    assert found[4] == f"{np.mean([m['compositional']['caption_exact_match_reranked'] for m in runs('locked')]):.3f}"
+    assert [m["run"]["config"]["lm"]["taps"] for m in runs("reading/recipe")] == [4] * 5
+
+
+def test_the_six_taps_pulled_at_16_are_the_stored_runs():
+    """design.md, "Reading its context": the 6-tap LMs aligned as the default is
+    (runs/reading/taps6_pulled) against the default (runs/locked)."""
+    text = " ".join((ROOT / "tutorials" / "design.md").read_text(encoding="utf-8").split())
+    six, four = runs("reading/taps6_pulled"), runs("locked")
+    assert {(m["run"]["config"]["lm"]["taps"], m["run"]["config"]["align"]["spelling"])
+            for m in six} == {(6, 16.0)}
+    number = r"([0-9.]+ \([0-9.]+–[0-9.]+\))"
+    found = re.search(rf"object {number} and {number} against (\d\.\d+) and (\d\.\d+), an absent "
+                      rf"pair denied (\d\.\d+) against (\d\.\d+); `compositional` captions {number} "
+                      rf"against {number}; paraphrase retrieval, text to image, (\d\.\d+) against "
+                      rf"(\d\.\d+); from the true caption, position (\d\.\d+) and count (\d\.\d+) "
+                      rf"against (\d\.\d+) and (\d\.\d+)", text).groups()
+    columns = [("test", "vqa_acc_colour_first"), ("test", "vqa_acc_colour_second")] * 2 + [
+        ("test", "vqa_acc_exists_absent")] * 2 + [("compositional", "caption_exact_match")] * 2 + [
+        ("paraphrase", "text_to_image_R@1")] * 2 + [("test", "vqa_text_acc_position"),
+                                                   ("test", "vqa_text_acc_count")] * 2
+    ran = [six, six, four, four, six, four, six, four, six, four, six, six, four, four]
+    for cell, (split, key), stored in zip(found, columns, ran, strict=True):
+        values = [m[split][key] for m in stored]
+        if "(" in cell:
+            check(cell, values)
+        else:  # a mean alone
+            assert cell == f"{np.mean(values):.{len(cell.split('.')[1])}f}", (cell, key)
 
 
 def test_the_readmes_reading_tables_are_the_benchmark_and_the_default_runs():
@@ -426,3 +514,20 @@ def test_the_reading_recipes_probes_are_the_stored_ones():
     text = " ".join(page.split())
     for first in set(probes) - set(rows):              # the N(0, 1/fan-in) probes
         assert two(probes[first], "colour") in text, first
+
+
+def test_the_prefix_timing_table_is_the_stored_runs():
+    """speed.md: the prefix's cost, against runs/timing/prefix_*.json (the 16 spelled vectors'
+    run is the stored default seed 0, number for number)."""
+    page = (ROOT / "tutorials" / "speed.md").read_text(encoding="utf-8")
+    rows = table_rows("What the prefix costs", "## What the prefix costs\n" +
+                      page.split("What the prefix costs")[1].split("\n\n", 2)[1])
+    timed = [json.loads((RUNS / "timing" / f"prefix_{name}.json").read_text())
+             for name in ("spelled16", "free8")]
+    assert [(m["run"]["config"]["align"]["prefix_tokens"], m["run"]["config"]["align"]["spelling"])
+            for m in timed] == [(16, 16.0), (8, 0.0)]
+    for row, key in {"alignment": "align_seconds", "evaluation": "evaluation_seconds",
+                     "whole run, the LM read from its file": "wall_seconds"}.items():
+        assert rows[row] == [f"{m['run'][key]:.1f} s" for m in timed], row
+    default = next(m for m in runs("locked") if m["run"]["config"]["seed"] == 0)
+    assert all(timed[0][split] == default[split] for split in ("test", "compositional", "paraphrase"))
