@@ -531,3 +531,19 @@ def test_the_prefix_timing_table_is_the_stored_runs():
         assert rows[row] == [f"{m['run'][key]:.1f} s" for m in timed], row
     default = next(m for m in runs("locked") if m["run"]["config"]["seed"] == 0)
     assert all(timed[0][split] == default[split] for split in ("test", "compositional", "paraphrase"))
+
+
+def test_why_a_solved_example_hurts_is_the_stored_benchmark():
+    """results.md, "Why a solved example hurts": what fewshot_position.py wrote for the default's
+    five runs (runs/reading/fewshot_position.json)."""
+    page = (ROOT / "tutorials" / "results.md").read_text(encoding="utf-8")
+    stored = json.loads((RUNS / "reading" / "fewshot_position.json").read_text())
+    section = page.split("**Why a solved example hurts.**")[1].split("\n## ")[0]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip().strip("|").split("|")[1:]]
+            for line in section.splitlines() if re.match(r"\| \d \|", line)}
+    assert sorted(rows) == sorted(stored) == ["0", "1", "2", "3", "4"]
+    pair = lambda r, name, k: " / ".join(f"{r[f'{name} example ({a}) first'][k]:.2f}" for a in ("one", "two"))
+    for seed, r in stored.items():
+        assert rows[seed] == [f"{r['image alone'][0]:.2f}", pair(r, "image", 0), pair(r, "text", 0),
+                              pair(r, "image", 1)], seed
+        assert {p for name, (_, _, p) in r.items() if name.startswith("image example")} <= {59, 60}
