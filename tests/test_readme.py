@@ -467,18 +467,24 @@ def test_the_prefixes_tried_are_the_stored_probes():
 
 
 def test_the_glyph_worlds_default_table_is_the_stored_runs():
-    """results.md, glyphs: seed 0 of the default (runs/glyphs_default) and of the plain LM."""
+    """results.md, glyphs: seeds 0-2 of the default (runs/glyphs_default), seed 0 of the plain LM."""
     page = (ROOT / "tutorials" / "results.md").read_text(encoding="utf-8")
     rows = table_rows("A second world: glyphs", page)
     kinds = ["colour", "letter", "background", "size", "exists"]
-    for label, folder in {"default": "glyphs_default", "plain LM": "glyphs"}.items():
-        m = next(m for m in runs(folder) if m["run"]["config"]["seed"] == 0)
+    labelled = {f"default, seed {seed}": ("glyphs_default", seed) for seed in (0, 1, 2)}
+    labelled["plain LM, seed 0"] = ("glyphs", 0)
+    for label, (folder, seed) in labelled.items():
+        m = next(m for m in runs(folder) if m["run"]["config"]["seed"] == seed)
         values = [m["test"]["caption_exact_match"], m["compositional"]["caption_exact_match"]]
         values += [m["test"][f"vqa_acc_{kind}"] for kind in kinds]
         values += [m["test"]["vqa_text_acc_colour"], m["test"]["vqa_text_acc_letter"]]
         assert rows[label] == [f"{value:.3f}" for value in values], label
-    default = runs("glyphs_default")[0]["run"]["config"]
-    assert default["world"]["dataset"] == "glyphs" and default["lm"]["taps"] == 4
+    assert {(m["run"]["config"]["world"]["dataset"], m["run"]["config"]["lm"]["taps"],
+             m["run"]["config"]["align"]["spelling"]) for m in runs("glyphs_default")} == \
+        {("glyphs", 4, 16.0)}
+    comp = [m["compositional"]["caption_exact_match"] for m in runs("glyphs_default")]
+    text = " ".join(page.split("## A second world: glyphs")[1].split())
+    check(re.search(r"Captions of held-out pairs: (\d\.\d+ \(\d\.\d+–\d\.\d+\))", text)[1], comp)
 
 
 def test_the_digits_table_is_the_stored_evaluations():
