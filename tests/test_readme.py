@@ -553,3 +553,13 @@ def test_why_a_solved_example_hurts_is_the_stored_benchmark():
         assert rows[seed] == [f"{r['image alone'][0]:.2f}", pair(r, "image", 0), pair(r, "text", 0),
                               pair(r, "image", 1)], seed
         assert {p for name, (_, _, p) in r.items() if name.startswith("image example")} <= {59, 60}
+
+
+def test_the_reading_tables_pulled_row_is_the_default_runs():
+    """results.md, "Reading by object": the row of the prefix pulled at 16 is runs/locked's."""
+    rows = table_rows("Reading by object",
+                      (ROOT / "tutorials" / "results.md").read_text(encoding="utf-8"))
+    kinds = ["colour_first", "colour_second", "shape_first", "shape_second", "exists_first",
+             "exists_second", "exists_absent"]
+    for kind, cell in zip(kinds, rows["pulled at 16: image"], strict=True):
+        check(cell, [m["test"][f"vqa_acc_{kind}"] for m in runs("locked")])
