@@ -57,13 +57,13 @@ def measure(path, n_images):
     # the first image after those asked with each answer: one example of 'one', one of 'two'
     examples = [next(i for i in range(n_images, len(scenes)) if len(scenes[i].objects) == k)
                 for k in (1, 2)]
-    settings = {"image alone": [None]}
+    settings = {"image alone": None}
     for i in examples:
         answer_word = ANSWERS[len(scenes[i].objects) - 1]
-        settings[f"image example ({answer_word}) first"] = [solved(i, True)]
-        settings[f"text example ({answer_word}) first"] = [solved(i, False)]
+        settings[f"image example ({answer_word}) first"] = solved(i, True)
+        settings[f"text example ({answer_word}) first"] = solved(i, False)
     results = {}
-    for name, (example,) in settings.items():
+    for name, example in settings.items():
         contexts = [row if example is None else torch.cat([example, row]) for row in rows[:n_images]]
         given = [verdict(g) for g in answer(lm, tokenizer, contexts, [QUESTION] * n_images, 4)]
         position = len(contexts[0]) + prompt
