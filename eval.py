@@ -4,6 +4,7 @@
     python eval.py --ckpt out/minivlp.pt --caption IMAGE.png         # describe an image
     python eval.py --ckpt out/minivlp.pt --ask IMAGE.png "what colour is the circle?"   # the same,
                                                                      # then answer a question
+    python eval.py --ckpt out/minivlp.pt --name a.png:dax b.png:kep c.png   # name c from examples
     python eval.py --compare out/locked/metrics.json out/random/metrics.json   # side by side
     python eval.py --ckpt out/minivlp.pt --data pairs.tsv --classes cat,dog --templates "a {}."
 
@@ -25,12 +26,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from minivlp import (PRECISIONS, WORLDS, Glyph, LanguageModel, LMConfig, TextTower, VisualEmbedder,
-                     WorldConfig, caption, chained, chained_corpus, embed_images, environment,
-                     freeze, generate, image_context, load_checkpoint, load_image, make_eval_splits,
-                     make_support_split, object_questions, pairs_split, question_prompt,
-                     questions, read_pairs, resolve_device, retrieval_metrics, save_json,
-                     zeroshot_accuracy, zeroshot_attributes)
+from minivlp import (COLOURS, PRECISIONS, SHAPES, SIZES, WORLDS, Glyph, LanguageModel, LMConfig,
+                     TextTower, VisualEmbedder, WorldConfig, caption, chained, chained_corpus,
+                     embed_images, environment, freeze, generate, image_context, load_checkpoint,
+                     load_image, make_eval_splits, make_support_split, naming_episodes,
+                     object_questions, pairs_split, question_prompt, questions, read_pairs, render,
+                     resolve_device, retrieval_metrics, save_json, zeroshot_accuracy,
+                     zeroshot_attributes)
 from tokenizer import Tokenizer
 
 
@@ -134,16 +136,13 @@ def verdict(text):
     return chain[1] if chain else said
 
 
-def answer(lm, tokenizer, contexts, question_texts, max_new_tokens=None, batch_size=500):
-    """Answer each question after its (P, C) context: '<context> \n q: QUESTION a:' -> the
-    answer line, generated up to its newline, or max_new_tokens if given (a batch runs until its
-    last row ends its line, so a bound near the longest answer saves time where some never do).
-
-    contexts: a list of (P, C) tensors. Prompts are batched by context and prompt length so that
-    no row needs padding in front."""
-    prompts = [tokenizer.encode(question_prompt(question)) for question in question_texts]
+def continue_lines(lm, tokenizer, contexts, prompts, max_new_tokens=None, batch_size=500):
+    """Continue each (P, C) context and its prompt (a list of ids) to the end of the line: -> the
+    text generated, up to its newline, or max_new_tokens if given (a batch runs until its last
+    row ends its line, so a bound near the longest answer saves time where some never do).
+    Rows are batched by context and prompt length so that no row needs padding in front."""
     line_ends = (tokenizer.encode("\n")[-1], tokenizer.eos_id)  # a reading LM may end with <eos>
-    answers = [None] * len(prompts)
+    texts = [None] * len(prompts)
     by_length = {}
     for i, prompt in enumerate(prompts):
         by_length.setdefault((len(contexts[i]), len(prompt)), []).append(i)
@@ -155,8 +154,15 @@ def answer(lm, tokenizer, contexts, question_texts, max_new_tokens=None, batch_s
             new = generate(lm, context_emb, prompt, max_new_tokens or lm.context,
                            stop_ids=line_ends)
             for i, row in zip(chunk, new.tolist()):
-                answers[i] = first_line(tokenizer, row)
-    return answers
+                texts[i] = first_line(tokenizer, row)
+    return texts
+
+
+def answer(lm, tokenizer, contexts, question_texts, max_new_tokens=None, batch_size=500):
+    """Answer each question after its (P, C) context: '<context> \n q: QUESTION a:' -> the
+    answer line (continue_lines)."""
+    prompts = [tokenizer.encode(question_prompt(question)) for question in question_texts]
+    return continue_lines(lm, tokenizer, contexts, prompts, max_new_tokens, batch_size)
 
 
 def own_caption_context(lm, tokenizer, generated, room):
@@ -322,6 +328,106 @@ def text_caption_metrics(lm, tokenizer, prefixes, references):
             "caption_samples": generated[:5]}
 
 
+# Naming from context (Frozen's fast binding, §3.4): shown an image and 'this is a dax', another and
+# 'this is a blicket', name a new image of the first kind. The reading corpus names objects with
+# fresh words in text only: 'a red circle is a zuv \n a blue square is a kep \n a red circle is a'
+# -> 'zuv' (naming_document). Here images take the place of the descriptions. No name was ever
+# paired with an image, so the LM can name the query only by matching it with a support image and
+# copying the name written after that one.
+
+# (ways, shots): with three shots, 2 ways (7 lines of about 9 positions) exceed the LM's 64
+NAMING = [(2, 1), (2, 2), (5, 1)]
+
+
+def naming_positions(tokenizer):
+    """Where the spelled prefix of a one-object image holds 'a', its colour and its shape:
+    positions 0, 2, 3 of 'a small red circle on the left', if each of those words is one token
+    (else None). An image's line in a naming prompt is these three vectors, as short as the
+    corpus's 'a red circle': the whole prefix (16 vectors) would let at most three images into
+    the LM's 64 positions."""
+    one_token = all(len(tokenizer.encode(f"a {size} {colour} {shape}")) == 4
+                    for size in SIZES for colour in COLOURS for shape in SHAPES)
+    return [0, 2, 3] if one_token else None
+
+
+def naming_row(lm, tokenizer, lines, names, query_line):
+    """(L, C) embeddings of one naming prompt: '<bos> LINE is a NAME \n ... QUERY_LINE' (the
+    prompt ' is a' follows it). lines and query_line: (n, C) embeddings of what describes each
+    object (an image's vectors or a description's tokens); query_line may be empty (blind)."""
+    embed = lambda text: lm.token_emb(torch.tensor(tokenizer.encode(text), device=query_line.device))
+    pieces = [lm.token_emb.weight[tokenizer.bos_id][None]]                      # (1, C)
+    for line, name in zip(lines, names):
+        pieces += [line, embed(f" is a {name}\n")]
+    return torch.cat(pieces + [query_line])
+
+
+def naming_lines(lm, tokenizer, embedder, episodes, image_size, device, precision="auto",
+                 seed=0):
+    """What stands for each scene of naming_episodes in a prompt: per episode, its scenes' images
+    as three prefix vectors each (naming_positions) and their descriptions 'a red circle', both
+    (S + 1, 3, C), S support scenes then the query. The images are drawn anew (seed)."""
+    rng = np.random.default_rng((seed, 10, len(episodes[0][0])))
+    scenes = [scene for support, _, query, _ in episodes for scene in support + [query]]
+    images = torch.from_numpy(np.stack([render(scene, image_size, rng) for scene in scenes]))
+    _, prefixes = embed_images(embedder, images.permute(0, 3, 1, 2), device, precision=precision)
+    seen = image_context(lm, tokenizer, prefixes)[:, 1:][:, naming_positions(tokenizer)]
+    said = lm.token_emb(torch.tensor([tokenizer.encode("a {} {}".format(*scene.objects[0]))
+                                      for scene in scenes], device=device))       # (M, 3, C)
+    per_episode = len(episodes[0][0]) + 1
+    return seen.split(per_episode), said.split(per_episode)
+
+
+def named_right(lm, tokenizer, rows, names):
+    """(L, C) naming prompts (naming_row) and the name each should get -> right or not, each:
+    the LM continues ' is a' with the name whole, then ends the line."""
+    prompt = tokenizer.encode(" is a")
+    said = continue_lines(lm, tokenizer, rows, [prompt] * len(rows), 8)
+    return [given == name for given, name in zip(said, names)]
+
+
+@torch.no_grad()
+def naming_metrics(lm, tokenizer, embedder, image_size, device, precision="auto", n_rows=200,
+                   seed=0):
+    """For each (N ways, K shots) of NAMING, the share of queries named right (named_right), on
+    the same naming_episodes in four settings:
+      binding_acc           '<bos> [image] is a dax \n [image] is a kep \n [query image] is a'
+      binding_text_acc      each [image] replaced by its description 'a red circle': the LM's
+                            ceiling (its reading test names_Nway, on these episodes)
+      binding_blind_acc     the query's image left out ('... kep \n is a'): no better than chance
+      binding_shuffled_acc  the N names shuffled among the support pairs, scored against the
+                            names before shuffling: 1/N if the LM reads the names from its row
+    An episode whose prompt and name exceed the LM's context is left out; binding_rows_* says
+    how many were asked."""
+    if naming_positions(tokenizer) is None:
+        return {}
+    metrics = {}
+    rng = np.random.default_rng((seed, 11))
+    for ways, shots in NAMING:
+        episodes = naming_episodes(ways, shots, n_rows, seed)
+        settings = {"": [], "text_": [], "blind_": [], "shuffled_": []}
+        truth = []
+        for (_, names, _, name), seen, said in zip(episodes, *naming_lines(
+                lm, tokenizer, embedder, episodes, image_size, device, precision, seed)):
+            distinct = sorted(set(names))
+            renamed = dict(zip(distinct, rng.permutation(distinct)))   # a name for each pair
+            rows = {"": naming_row(lm, tokenizer, seen[:-1], names, seen[-1]),
+                    "text_": naming_row(lm, tokenizer, said[:-1], names, said[-1]),
+                    "blind_": naming_row(lm, tokenizer, seen[:-1], names, seen[-1][:0]),
+                    "shuffled_": naming_row(lm, tokenizer, seen[:-1],
+                                            [renamed[n] for n in names], seen[-1])}
+            room = lm.context - len(tokenizer.encode(f" is a {name}\n"))
+            if max(len(row) for row in rows.values()) > room:
+                continue
+            for setting, row in rows.items():
+                settings[setting].append(row)
+            truth.append(name)
+        for setting, rows in settings.items():
+            metrics[f"binding_{setting}acc_{ways}way_{shots}shot"] = (
+                float(np.mean(named_right(lm, tokenizer, rows, truth))) if truth else float("nan"))
+        metrics[f"binding_rows_{ways}way_{shots}shot"] = len(truth)
+    return metrics
+
+
 def zeroshot_named_classes(image_emb, image_captions, classes, templates, embed_texts):
     """Zero-shot classification with class names and prompt templates from the command line.
 
@@ -383,6 +489,9 @@ def evaluate(embedder, tower, splits, support, device, objective, classes=None, 
         elif objective != "contrastive" and name != "paraphrase":
             metrics.update(prefix_metrics(tower.lm, tower.tokenizer, prefixes, split.scenes,
                                           support_prefixes, support.scenes, chain=chain))
+            if name == "test" and not isinstance(split.scenes[0], Glyph):  # one naming table
+                metrics.update(naming_metrics(tower.lm, tower.tokenizer, embedder,
+                                              split.images.shape[-1], device, precision))
             if objective == "both" and rerank:
                 chosen = choose_by_v(caption_candidates(tower.lm, tower.tokenizer, prefixes,
                                                         rerank), image_emb, tower)
@@ -451,6 +560,14 @@ def format_table(results):
                    for setting, prefix in settings.items()]
     text += table("VQA, two objects", [(kind.replace("_", " "), kind) for kind in OBJECT_KINDS],
                   object_rows)
+    naming = {"image": "binding_acc", "true description": "binding_text_acc",
+              "no query image": "binding_blind_acc", "names shuffled": "binding_shuffled_acc"}
+    naming_rows = [(f"{name} {setting}", {f"{n}-way {k}-shot": metrics[f"{prefix}_{n}way_{k}shot"]
+                                          for n, k in NAMING})
+                   for name, metrics in results.items() if "binding_acc_2way_1shot" in metrics
+                   for setting, prefix in naming.items()]
+    text += table("naming from context", [(f"{n}-way {k}-shot", f"{n}-way {k}-shot")
+                                          for n, k in NAMING], naming_rows)
     return text.rstrip("\n")
 
 
@@ -758,6 +875,36 @@ def load_models(checkpoint, device):
     return tower, embedder.to(device).eval(), world_cfg, config
 
 
+def name_by_example(lm, tokenizer, embedder, image_size, device, arguments, precision="auto"):
+    """--name IMAGE:NAME ... QUERY: the naming prompt of naming_metrics built from these files ->
+    the prompt as the LM reads it (each image as the words its three vectors are nearest to),
+    then the name the LM gives the last image."""
+    *support, query = arguments
+    examples = [path.rsplit(":", 1) for path in support]
+    if not examples or any(len(pair) != 2 or not re.fullmatch(r"[a-z]+", pair[1])
+                           for pair in examples):
+        raise ValueError("--name: expected IMAGE:NAME ... then the image to name, each NAME a "
+                         f"lower-case word (got {' '.join(arguments)})")
+    positions = naming_positions(tokenizer)
+    if positions is None:
+        raise ValueError("--name: this checkpoint's tokenizer splits the shapes world's words, "
+                         "so its prefix has no three vectors to name by (a shapes-world run)")
+    images = torch.stack([load_image(path, image_size) for path, _ in examples] +
+                         [load_image(query, image_size)])
+    _, prefixes = embed_images(embedder, images, device, precision=precision)
+    vectors = image_context(lm, tokenizer, prefixes)[:, 1:][:, positions]          # (M, 3, C)
+    row = naming_row(lm, tokenizer, vectors[:-1], [name for _, name in examples], vectors[-1])
+    prompt = tokenizer.encode(" is a")
+    if len(row) + len(prompt) >= lm.context:
+        raise ValueError(f"--name: {len(examples)} examples make a prompt of {len(row) + len(prompt)}"
+                         f" positions; the LM reads {lm.context}, so give fewer")
+    nearest = (F.normalize(vectors, dim=-1) @ F.normalize(lm.token_emb.weight, dim=-1).T).argmax(-1)
+    seen = [f"[image: {tokenizer.decode(ids.tolist())}]" for ids in nearest]         # (M,) texts
+    lines = [f"{image} is a {name}" for image, (_, name) in zip(seen, examples)]
+    said = continue_lines(lm, tokenizer, [row], [prompt], 8)[0]
+    return "\n".join(lines + [f"{seen[-1]} is a ... {said}"])
+
+
 def build_parser():
     parser = Parser(prog="eval.py", description=__doc__)
     parser.add_argument("--ckpt", help="the minivlp.pt that train.py wrote: needed by everything "
@@ -772,6 +919,10 @@ def build_parser():
                         help='describe an image, then answer a question about it, e.g. "what '
                              'colour is the circle?" (prints the caption, then the answer; '
                              'both greedy)')
+    parser.add_argument("--name", nargs="+", metavar="IMAGE[:NAME]",
+                        help="few-shot naming: images each with a made-up name, then an image to "
+                             "name, e.g. --name a.png:dax b.png:kep c.png (prints the prompt as "
+                             "the LM reads it, then the name it gives; shapes world)")
     parser.add_argument("--sample-temperature", type=float, default=0.0,
                         help="--caption only: 0 decodes greedily, above 0 samples, more varied "
                              "the higher (default: %(default)s)")
@@ -819,7 +970,7 @@ def main(argv=None):
         raise ValueError(f"{args.ckpt}: a checkpoint this eval.py cannot rebuild "
                          f"({type(error).__name__}: {str(error).splitlines()[0]})") from None
     objective = config["objective"]
-    if (args.caption or args.ask) and objective == "contrastive":
+    if (args.caption or args.ask or args.name) and objective == "contrastive":
         raise ValueError(f"{args.ckpt}: trained with --objective contrastive, so it has no "
                          f"prefix to caption or answer with (train with prefix or both)")
     lm, tokenizer = tower.lm, tower.tokenizer
@@ -837,6 +988,10 @@ def main(argv=None):
         context_emb = own_caption_context(lm, tokenizer, said, lm.context // 2)[0]  # (P, C)
         print(said[0])
         print(answer(lm, tokenizer, [context_emb], [args.ask[1].strip().lower()])[0])
+        return
+    if args.name:
+        print(name_by_example(lm, tokenizer, embedder, world_cfg.image_size, device, args.name,
+                              args.precision))
         return
     if config.get("data") and not args.data:
         raise ValueError(f"{args.ckpt}: trained on {config['data']}, not on a built-in world: "

@@ -1706,6 +1706,29 @@ def reading_tests(tokenizer, context, words, naming, n_rows=100):
             for name, (rows, scored, whole_rows) in tests.items() if rows}  # none fit: not asked
 
 
+def naming_episodes(ways, shots, n_rows, seed=0):
+    """N-way K-shot naming with images (Frozen's fast binding; scored in eval.py): rows of (support
+    scenes, their names, query scene, the query's name). Each row takes `ways` seen colour+shape
+    pairs and gives each a held-out fresh name; `shots` one-object scenes of each pair (any size
+    and position) in random order, then a new scene of one of the pairs. No image is ever paired
+    with a name in training: the LM learned naming from text (naming_document) only."""
+    rng = np.random.default_rng((seed, 9, ways, shots))
+    pairs = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in HELD_OUT_PAIRS]
+    one_object = lambda pair: Scene((pair,), pick(rng, SIZES), pick(rng, list(POSITIONS)))
+    rows = []
+    while len(rows) < n_rows:
+        chosen = [pairs[i] for i in rng.permutation(len(pairs))[:ways]]
+        names = [fresh_name(rng, held_out=True) for _ in chosen]
+        if len(set(names)) < ways:
+            continue
+        support = [(one_object(chosen[i]), names[i])
+                   for i in rng.permutation(np.repeat(np.arange(ways), shots))]
+        asked = int(rng.integers(ways))
+        rows.append(([scene for scene, _ in support], [name for _, name in support],
+                     one_object(chosen[asked]), names[asked]))
+    return rows
+
+
 # ------------------------------------------------------------------------------------------------
 # Part 10. Your own data: image-caption tables, any image file.
 # ------------------------------------------------------------------------------------------------

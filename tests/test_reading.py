@@ -2,19 +2,21 @@
 decoded and checked word by word, and the scorer is run on two stand-in LMs whose answers are
 known (one that always predicts the true next token, one that never does)."""
 
+import re
+from collections import Counter
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-import re
-import sys
-from dataclasses import replace
-from pathlib import Path
-
-from minivlp import (COLOURS, SHAPES, LanguageModel, LMConfig, adamw, chained, copy_test,
-                     document_starts, encode_corpus, fresh_name, lookup_document, make_corpus,
-                     naming_document, naming_test, random_windows, reading_drills, reading_tests,
-                     repeat_document, scored_right, text_words)
+from eval import name_by_example, named_right, naming_positions, naming_row
+from minivlp import (COLOURS, HELD_OUT_PAIRS, SHAPES, LanguageModel, LMConfig, adamw, chained,
+                     copy_test, document_starts, encode_corpus, fresh_name, lookup_document,
+                     make_corpus, naming_document, naming_episodes, naming_test, random_scene,
+                     random_windows, reading_drills, reading_tests, repeat_document, scored_right,
+                     shapes_caption, text_words)
 from tokenizer import Tokenizer
 
 
@@ -194,30 +196,119 @@ def test_a_context_too_small_for_any_row_drops_that_test(tokenizer):
     assert set(reading_tests(tokenizer, 12, words, naming=True, n_rows=5)) < {"copy", "names_2way"}
 
 
+# Naming from context with images (eval.py, Frozen's fast binding). References: the tokenizer's
+# own encoding of the whole prompt written out as text, and a greedy loop over its ids.
+
+@pytest.fixture(scope="module")
+def naming_tokenizer():
+    """The default vocabulary size: every word of a one-object caption is then one token."""
+    return Tokenizer.train("\n".join(make_corpus(300, seed=0, reading=True)), vocab_size=432)
+
+
+def greedy_line(lm, tokenizer, ids, max_new_tokens=8):
+    """The LM's greedy continuation of a row of ids, one full forward a token, to the line's end."""
+    line_ends = {tokenizer.encode("\n")[-1], tokenizer.eos_id, tokenizer.bos_id, tokenizer.pad_id}
+    new = []
+    for _ in range(max_new_tokens):
+        token = lm.logits(lm(torch.tensor([ids + new])))[0, -1].argmax().item()
+        if token in line_ends:
+            break
+        new.append(token)
+    return tokenizer.decode(new).strip()
+
+
+def test_the_naming_positions_hold_the_article_colour_and_shape(naming_tokenizer, tokenizer):
+    positions = naming_positions(naming_tokenizer)
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        scene = random_scene(rng, held_out=None)
+        if len(scene.objects) == 1:
+            ids = naming_tokenizer.encode(shapes_caption(scene))
+            assert [ids[p] for p in positions] == \
+                naming_tokenizer.encode("a {} {}".format(*scene.objects[0]))
+    assert naming_positions(tokenizer) is None        # 400 tokens: 'small' is split, so no line
+
+
+def test_naming_episodes_name_each_pair_once_and_ask_one_of_them():
+    for ways, shots in [(2, 1), (2, 2), (5, 1)]:
+        for support, names, query, name in naming_episodes(ways, shots, 40, seed=1):
+            pairs = [scene.objects[0] for scene in support]
+            assert all(len(scene.objects) == 1 for scene in support + [query])
+            assert sorted(Counter(pairs).values()) == [shots] * ways
+            named = dict(zip(pairs, names))
+            assert len(set(named.values())) == ways       # one name a pair, each pair its own
+            assert all(named[pair] == n for pair, n in zip(pairs, names))
+            assert named[query.objects[0]] == name
+            assert not set(pairs) & HELD_OUT_PAIRS
+            assert all(sum(map(ord, n)) % 3 == 0 for n in names)   # held-out names only
+
+
 @torch.no_grad()
-def test_few_shot_naming_scores_embedded_rows_as_the_lm_reads_their_ids(tokenizer):
-    """tests/benchmarks/few_shot_naming.py reads rows given as embeddings (an image's prefix is
-    one); on text its verdict must be the LM's own reading of the ids: right for the LM's greedy
-    continuation of the prompt, found here token by token, and wrong when one token differs."""
-    sys.path.insert(0, str(Path(__file__).parent / "benchmarks"))
-    from few_shot_naming import name_accuracy
+def test_a_described_naming_prompt_is_the_text_and_is_answered_as_the_lm_reads_its_ids(
+        naming_tokenizer):
+    """naming_row with descriptions must be the embeddings of the prompt written as text, and
+    named_right must score the LM's greedy name: right for the greedy loop's own line, wrong for
+    another name."""
+    tokenizer = naming_tokenizer
     torch.manual_seed(0)
     lm = LanguageModel(LMConfig(vocab_size=tokenizer.vocab_size, width=32, heads=2, taps=4)).eval()
-    newline = tokenizer.encode("\n")[-1]
-    right, wrong = [], []
-    for prompt, positions in zip(*naming_test(tokenizer, 2, 64, 8)):
-        ids = prompt[:positions[0]]
-        for _ in range(3):                             # the LM's greedy next tokens
-            token = lm.logits(lm(torch.tensor([ids])))[0, -1].argmax().item()
-            ids.append(newline if token == tokenizer.eos_id else token)
-        target = torch.tensor(ids[positions[0]:])
-        changed = target.clone()
-        changed[1] = next(t for t in range(tokenizer.vocab_size)
-                          if t not in (target[1], newline, tokenizer.eos_id))
-        pieces = [(lm.token_emb(torch.tensor(ids[:positions[0]])), None)]
-        right.append(pieces + [(lm.token_emb(target), target)])
-        wrong.append(pieces + [(lm.token_emb(changed), changed)])
-    assert name_accuracy(lm, tokenizer, right) == (1.0, 8)
-    assert name_accuracy(lm, tokenizer, wrong) == (0.0, 8)
-    too_long = [[(lm.token_emb(torch.zeros(lm.context, dtype=torch.long)), None)] + right[0][1:]]
-    assert name_accuracy(lm, tokenizer, too_long) == (None, 0)
+    embed = lambda text: lm.token_emb(torch.tensor(tokenizer.encode(text)))
+    rows, reference = [], []
+    for support, names, query, name in naming_episodes(2, 2, 6, seed=0):
+        described = ["a {} {}".format(*scene.objects[0]) for scene in support + [query]]
+        text = "\n".join(f"{d} is a {n}" for d, n in zip(described, names)) + f"\n{described[-1]}"
+        row = naming_row(lm, tokenizer, [embed(d) for d in described[:-1]], names,
+                         embed(described[-1]))
+        ids = [tokenizer.bos_id] + tokenizer.encode(text)
+        assert torch.equal(row, lm.token_emb(torch.tensor(ids)))
+        rows.append(row)
+        reference.append(greedy_line(lm, tokenizer, ids + tokenizer.encode(" is a")))
+    assert named_right(lm, tokenizer, rows, reference) == [True] * len(rows)
+    assert named_right(lm, tokenizer, rows, [line + "x" for line in reference]) == [False] * len(rows)
+
+
+class SpellingEmbedder(torch.nn.Module):
+    """An image embedder that spells a flat image's caption exactly: the token embeddings of 'a
+    small COLOUR circle on the left', COLOUR the one nearest the image's mean pixel."""
+
+    def __init__(self, lm, tokenizer, prefix_tokens=16):
+        super().__init__()
+        self.lm, self.tokenizer, self.prefix_tokens = lm, tokenizer, prefix_tokens
+
+    def forward(self, images):
+        rgb = images.float().mean(dim=(2, 3))                              # (B, 3)
+        table = torch.tensor(list(COLOURS.values()), dtype=torch.float)
+        colours = [list(COLOURS)[i] for i in torch.cdist(rgb, table).argmin(1).tolist()]
+        ids = [self.tokenizer.encode(f"a small {c} circle on the left") for c in colours]
+        ids = torch.tensor([row + [row[-1]] * (self.prefix_tokens - len(row)) for row in ids])
+        prefix = self.lm.token_emb(ids)                                     # (B, K, C)
+        return prefix.mean(1), prefix
+
+
+@torch.no_grad()
+def test_naming_by_example_reads_images_as_the_words_their_vectors_spell(naming_tokenizer,
+                                                                          tmp_path):
+    """eval.py --name: with images whose prefix is exactly their caption's token embeddings (all
+    of one length), the prompt must read '[image: a red circle] is a dax' and the name given
+    must be the LM's greedy line after the same prompt written as text."""
+    tokenizer = naming_tokenizer
+    torch.manual_seed(1)
+    lm = LanguageModel(LMConfig(vocab_size=tokenizer.vocab_size, width=32, heads=2, taps=4)).eval()
+    lm.token_emb.weight.copy_(torch.nn.functional.normalize(lm.token_emb.weight, dim=1))
+    paths = {}
+    for colour in ("red", "blue"):
+        paths[colour] = tmp_path / f"{colour}.png"
+        Image.new("RGB", (32, 32), COLOURS[colour]).save(paths[colour])
+    printed = name_by_example(lm, tokenizer, SpellingEmbedder(lm, tokenizer), 32,
+                              torch.device("cpu"), [f"{paths['red']}:dax", f"{paths['blue']}:kep",
+                                                    str(paths["red"])]).splitlines()
+    text = "a red circle is a dax\na blue circle is a kep\na red circle is a"
+    said = greedy_line(lm, tokenizer, [tokenizer.bos_id] + tokenizer.encode(text))
+    assert printed == ["[image: a red circle] is a dax", "[image: a blue circle] is a kep",
+                       f"[image: a red circle] is a ... {said}"]
+
+
+@pytest.mark.parametrize("flags", [["a.png", "b.png"], ["a.png:Dax", "b.png"], ["b.png"]])
+def test_naming_by_example_needs_named_images_then_one_more(naming_tokenizer, flags):
+    with pytest.raises(ValueError, match="--name: expected IMAGE:NAME"):
+        name_by_example(None, naming_tokenizer, None, 32, torch.device("cpu"), flags)

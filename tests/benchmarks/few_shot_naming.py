@@ -1,30 +1,26 @@
-"""Few-shot naming through the frozen LM (Frozen's fast binding), at toy scale.
+"""Few-shot naming with images through the frozen LM (Frozen's fast binding), and where it breaks.
 
-    python tests/benchmarks/few_shot_naming.py --ckpt out/seed*/minivlp.pt [--rows 200] [--json FILE]
+    python tests/benchmarks/few_shot_naming.py --ckpt out/seed*/minivlp.pt [--rows 200]
+                                               [--show] [--json FILE]
 
-From text, an LM that reads its context continues 'a red circle is a kipo \n a blue square is a
-zuve \n a red circle is a' with 'kipo' (lm_reading.py's names test). Here the things named are
-one-object images: N support images of N scenes with different colour+shape pairs, each followed
-by ' is a NAME', then a new image of one of the scenes (drawn again: other jitter) and ' is a'.
-The names are fresh_name(held_out=True): never in any training text, never with an image. A row
-is right when the LM's most likely next tokens write the name whole and end the line (scored
-teacher-forced, as lm_reading.py scores names). Settings, N-way 1-shot:
+For each minivlp.pt of the shapes world, eval.py's naming_metrics (the binding_* keys of
+metrics.json): N-way K-shot naming, '<bos> [image] is a dax \n [image] is a kep \n [image] is a'
+-> 'dax', the names never in any training text and never with an image; beside it the images'
+descriptions ('a red circle', the LM's ceiling), the query image left out (blind), and the names
+shuffled among the pairs (scored against the names before shuffling).
 
-  text          each image's true caption in its place ('a small red circle on the left is a
-                kipo'): the LM's ceiling
-  colour+shape  only the colour and shape of each ('a red circle is a kipo'), the form of the
-                naming drills and of lm_reading.py's names test
-  own caption   each image's caption as the LM wrote it from the image's prefix (describe,
-                then name: the names are read from text)
-  image         the visual prefix in the image's place, as Frozen prompts
-  blind         the image setting with the query's prefix left out: 1/N at most, for an LM
-                that picks one of the names it was shown
-  shuffled      the image setting with the names shuffled among the support images, scored
-                against the true names: chance if the name is read from the context
-
-A prefix is K positions (8 by default) of the LM's 64, and a caption 7 to 10 tokens, so 5-way
-rows do not fit: a setting with no row that fits prints '-'. --json writes {seed: {ways:
-{setting: accuracy}}} (tutorials/runs/reading/naming.json holds results.md's, one for each LM).
+Then, on the 2-way 1-shot episodes, where it breaks:
+  mixed            the support described and the query an image, and the other way round: does
+                   the LM match an image with an image, or with a description?
+  by what is shared  the episodes whose two pairs share their shape, their colour, or neither,
+                   images and descriptions
+  whole lines      each scene as its whole caption ('a small red circle on the left', text) or
+                   its prefix's first 6 vectors (where the whole caption is spelled): the name
+                   then stands 8 tokens after the colour, not 3
+--show prints one prompt of the first checkpoint as the LM reads it, the name it gives, and
+where its last position (' a', which writes the name) attends, per layer and head.
+Last, the mean (min-max) over the checkpoints; --json writes every seed's numbers to a file
+(tutorials/runs/naming/default.json holds results.md's).
 """
 
 import argparse
@@ -34,117 +30,126 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from eval import describe, load_models  # noqa: E402
-from minivlp import (COLOURS, HELD_OUT_PAIRS, POSITIONS, SHAPES, SIZES, Scene,  # noqa: E402
-                     caption, embed_images, fresh_name, image_context, load_checkpoint, pick,
-                     render)
-
-SETTINGS = ["text", "colour+shape", "own caption", "image", "blind", "shuffled"]
+from eval import (continue_lines, load_models, named_right, naming_lines,  # noqa: E402
+                  naming_metrics, naming_row)
+from minivlp import (caption, embed_images, image_context, load_checkpoint,  # noqa: E402
+                     naming_episodes, render)
 
 
-def naming_rows(ways, n_rows, seed):
-    """n_rows of (support scenes, names, the query's index): one-object scenes of seen pairs."""
-    rng = np.random.default_rng((seed, 9, ways))
-    pairs = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in HELD_OUT_PAIRS]
-    rows = []
-    while len(rows) < n_rows:
-        chosen = [pairs[i] for i in rng.permutation(len(pairs))[:ways]]
-        scenes = [Scene((pair,), pick(rng, SIZES), pick(rng, list(POSITIONS))) for pair in chosen]
-        names = [fresh_name(rng, held_out=True) for _ in scenes]
-        if len(set(names)) == ways:
-            rows.append((scenes, names, int(rng.integers(ways))))
-    return rows
+def whole_lines(lm, tokenizer, embedder, episodes, image_size):
+    """Per episode, its scenes as whole captions and as their prefixes' first 6 vectors."""
+    rng = np.random.default_rng((0, 12))
+    scenes = [scene for support, _, query, _ in episodes for scene in support + [query]]
+    images = torch.from_numpy(np.stack([render(scene, image_size, rng) for scene in scenes]))
+    _, prefixes = embed_images(embedder, images.permute(0, 3, 1, 2), torch.device("cpu"),
+                               precision="float32")
+    seen = image_context(lm, tokenizer, prefixes)[:, 1:7]                       # (M, 6, C)
+    said = [lm.token_emb(torch.tensor(tokenizer.encode(caption(scene)))) for scene in scenes]
+    per_episode = len(episodes[0][0]) + 1
+    return ([seen[i:i + per_episode] for i in range(0, len(seen), per_episode)],
+            [said[i:i + per_episode] for i in range(0, len(said), per_episode)])
+
+
+def shared(episode):
+    """What the two pairs of a 2-way episode share: 'shape', 'colour' or 'neither'."""
+    (c1, s1), (c2, s2) = sorted({scene.objects[0] for scene in episode[0]})
+    return "shape" if s1 == s2 else "colour" if c1 == c2 else "neither"
+
+
+def where_it_breaks(lm, tokenizer, embedder, image_size, seed, n_rows):
+    """{setting: accuracy} on the 2-way 1-shot episodes of naming_metrics."""
+    episodes = naming_episodes(2, 1, n_rows, seed)
+    seen, said = naming_lines(lm, tokenizer, embedder, episodes, image_size, torch.device("cpu"),
+                              "float32", seed)
+    whole_seen, whole_said = whole_lines(lm, tokenizer, embedder, episodes, image_size)
+    names = [episode[1] for episode in episodes]
+    truth = [episode[3] for episode in episodes]
+    lines = {"image": seen, "text": said, "support text, query image":
+             [torch.cat([t[:-1], s[-1:]]) for s, t in zip(seen, said)],
+             "support image, query text": [torch.cat([s[:-1], t[-1:]]) for s, t in zip(seen, said)],
+             "whole prefix (6)": whole_seen, "whole caption": whole_said}
+    right = {setting: named_right(lm, tokenizer, [naming_row(lm, tokenizer, rows[:-1], n, rows[-1])
+                                                  for rows, n in zip(scenes, names)], truth)
+             for setting, scenes in lines.items()}
+    results = {setting: float(np.mean(r)) for setting, r in right.items()}
+    for part in ("shape", "colour", "neither"):
+        rows = [i for i, episode in enumerate(episodes) if shared(episode) == part]
+        for setting in ("image", "text"):
+            results[f"{setting}, share {part}"] = float(np.mean([right[setting][i] for i in rows]))
+        results[f"episodes sharing {part}"] = len(rows)
+    return results
 
 
 @torch.no_grad()
-def name_accuracy(lm, tokenizer, rows):
-    """rows: lists of ((P, C) embeddings, ids) pieces, one list a prompt; the last piece is what
-    the LM should write, its ids the tokens (the others' ids are None). The share of rows, of
-    those that fit the context, whose every target token is the LM's most likely next token
-    (<eos> counts as the newline): (share, rows), or (None, 0) if none fits."""
-    newline = tokenizer.encode("\n")[-1]
-    right = []
-    for pieces in rows:
-        row = torch.cat([embeddings for embeddings, _ in pieces])                 # (T, C)
-        if len(row) > lm.context:
-            continue
-        at = len(row) - len(pieces[-1][1])                                      # the target
-        predicted = lm.logits(lm(torch.empty(1, 0, dtype=torch.long), prefix=row[None]))[0]
-        predicted = predicted[at - 1:len(row) - 1].argmax(-1)                    # (n,)
-        predicted[predicted == tokenizer.eos_id] = newline
-        right.append(torch.equal(predicted, pieces[-1][1]))
-    return (float(np.mean(right)), len(right)) if right else (None, 0)
-
-
-def measure(path, ways, n_rows):
-    """{setting: (accuracy, rows that fit)} for one minivlp.pt."""
-    checkpoint = load_checkpoint(path)
-    tower, embedder, world, config = load_models(checkpoint, torch.device("cpu"))
-    if world.dataset != "shapes" or config.get("data"):
-        raise ValueError(f"{path}: not a run of the built-in shapes world")
-    lm, tokenizer = tower.lm, tower.tokenizer
-    rows = naming_rows(ways, n_rows, config["seed"])
-    rng = np.random.default_rng((config["seed"], 10))
-    scenes = [scene for support, _, asked in rows for scene in support + [support[asked]]]
-    images = torch.from_numpy(np.stack([render(s, world.image_size, rng) for s in scenes]))
-    _, prefixes = embed_images(embedder, images.permute(0, 3, 1, 2).contiguous(),
-                               torch.device("cpu"), precision="float32")
-    own = describe(lm, tokenizer, prefixes)                                  # (N*(ways+1)) texts
-    prefixes = image_context(lm, tokenizer, prefixes)[:, 1:]                 # (N*(ways+1), K, C)
-    embed = lambda text: lm.token_emb(torch.tensor(tokenizer.encode(text)))  # (T, C)
-    bos = lm.token_emb(torch.tensor([tokenizer.bos_id]))
-    prompts = {setting: [] for setting in SETTINGS}
-    for r, (support, names, asked) in enumerate(rows):
-        first = r * (ways + 1)
-        target = torch.tensor(tokenizer.encode(f" {names[asked]}\n"))
-        answer = (lm.token_emb(target), target)
-        shuffled = [names[i] for i in np.random.default_rng((r, 11)).permutation(ways)]
-        shown = support + [support[asked]]
-        lines = {"text": [embed(caption(s)) for s in shown],
-                 "colour+shape": [embed("a {} {}".format(*s.objects[0])) for s in shown],
-                 "own caption": [embed(own[first + i]) for i in range(ways + 1)],
-                 "image": [prefixes[first + i] for i in range(ways + 1)]}
-        lines["blind"] = lines["image"][:ways] + [bos[:0]]
-        lines["shuffled"] = lines["image"]
-        for setting, described in lines.items():
-            given = shuffled if setting == "shuffled" else names
-            pieces = [(bos, None)]
-            for line, name in zip(described[:ways], given):
-                pieces += [(line, None), (embed(f" is a {name}\n"), None)]
-            pieces += [(described[ways], None), (embed(" is a"), None), answer]
-            prompts[setting].append(pieces)
-    return {setting: name_accuracy(lm, tokenizer, prompts[setting]) for setting in SETTINGS}
+def show(lm, tokenizer, embedder, image_size, seed):
+    """One 2-way 1-shot prompt as the LM reads it, its answer, and where the last position
+    attends: the share of each layer's and head's attention on each piece of the row."""
+    episodes = naming_episodes(2, 1, 1, seed)
+    (support, names, query, name), = episodes
+    seen = naming_lines(lm, tokenizer, embedder, episodes, image_size, torch.device("cpu"),
+                        "float32", seed)[0][0]                                  # (3, 3, C)
+    nearest = (F.normalize(seen, dim=-1) @ F.normalize(lm.token_emb.weight, dim=-1).T).argmax(-1)
+    words = [f"[image: {tokenizer.decode(ids.tolist())}]" for ids in nearest]
+    prompt = tokenizer.encode(" is a")
+    row = torch.cat([naming_row(lm, tokenizer, seen[:-1], names, seen[-1]),
+                     lm.token_emb(torch.tensor(prompt))])                       # (T, C)
+    pieces, at = [("<bos>", 1)], 1
+    for word, n in zip(words, names):
+        pieces += [(word, 3), (" is a", len(tokenizer.encode(" is a"))),
+                   (f" {n}", len(tokenizer.encode(f" {n}\n")))]
+    pieces += [(words[-1], 3), (" is a", len(prompt))]
+    print("\n".join(f"{w} is a {n}" for w, n in zip(words, names)) + f"\n{words[-1]} is a")
+    said = continue_lines(lm, tokenizer, [row[:-len(prompt)]], [prompt], 8)[0]
+    print(f"scenes: {'; '.join(caption(s) for s in support + [query])}\n"
+          f"the name asked for: {name}; the LM says: {said}")
+    x = row[None] + lm.pos_emb.weight[:len(row)]
+    print("attention of the last position (' a'), share on each piece:")
+    print(" " * 16 + "".join(f"{p[:14]:>16}" for p, _ in pieces))
+    for layer, block in enumerate(lm.blocks):
+        q, k, _ = block.attention.mixed_qkv(block.ln_attention(x))             # (1, h, T, d)
+        weights = (q[0, :, -1:] @ k[0].transpose(1, 2) / k.shape[-1] ** 0.5).softmax(-1)[:, 0]
+        for head, w in enumerate(weights):                                      # (T,)
+            shares, at = [], 0
+            for _, n in pieces:
+                shares.append(w[at:at + n].sum().item())
+                at += n
+            print(f"layer {layer + 1} head {head}  " + "".join(f"{v:16.2f}" for v in shares))
+        x = block(x)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--ckpt", nargs="+", required=True, help="minivlp.pt files of shapes runs")
-    parser.add_argument("--rows", type=int, default=200, help="prompts a setting (default 200)")
-    parser.add_argument("--json", help="write {seed: {ways: {setting: accuracy}}} to this file")
+    parser.add_argument("--rows", type=int, default=200, help="episodes a setting (default 200)")
+    parser.add_argument("--show", action="store_true", help="walk through one prompt first")
+    parser.add_argument("--json", help="write {seed: {setting: accuracy}} to this file")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
-    results = {}
-    for ways in (2, 5):
-        for path in args.ckpt:
-            results[ways, path] = found = measure(path, ways, args.rows)
-            print(f"{ways}-way 1-shot, {path}: " + ", ".join(
-                f"{s} {'-' if a is None else f'{a:.3f}'} ({n} rows)" for s, (a, n) in found.items()))
-    for ways in (2, 5):
-        print(f"\n{ways}-way 1-shot, mean (min-max) over {len(args.ckpt)} checkpoint(s), "
-              f"chance {1 / ways:.2f}:")
-        for setting in SETTINGS:
-            values = [results[ways, p][setting][0] for p in args.ckpt]
-            values = [v for v in values if v is not None]
-            print(f"  {setting:12s} " + (f"{np.mean(values):.3f} ({min(values):.3f}-"
-                                         f"{max(values):.3f})" if values else "-"))
+    by_seed = {}
+    for path in args.ckpt:
+        checkpoint = load_checkpoint(path)
+        tower, embedder, world, config = load_models(checkpoint, torch.device("cpu"))
+        if world.dataset != "shapes" or config.get("data"):
+            raise ValueError(f"{path}: not a run of the built-in shapes world")
+        lm, tokenizer, seed = tower.lm, tower.tokenizer, config["seed"]
+        if args.show and not by_seed:
+            show(lm, tokenizer, embedder, world.image_size, seed)
+        results = naming_metrics(lm, tokenizer, embedder, world.image_size, torch.device("cpu"),
+                                 "float32", args.rows, seed)
+        results.update(where_it_breaks(lm, tokenizer, embedder, world.image_size, seed,
+                                       args.rows))
+        by_seed[str(seed)] = results
+        print(f"seed {seed} ({path}): " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float)
+                                                    else f"{k} {v}" for k, v in results.items()))
+    print(f"\nmean (min-max) over {len(by_seed)} checkpoint(s):")
+    for key in next(iter(by_seed.values())):
+        values = [results[key] for results in by_seed.values()]
+        print(f"  {key:40s} {np.mean(values):.3f} ({min(values):.3f}-{max(values):.3f})")
     if args.json:
-        seeds = {path: str(load_checkpoint(path)["config"]["seed"]) for path in args.ckpt}
-        Path(args.json).write_text(json.dumps(
-            {seeds[path]: {str(ways): {setting: results[ways, path][setting][0]
-                                       for setting in SETTINGS} for ways in (2, 5)}
-             for path in args.ckpt}, indent=1) + "\n")
+        Path(args.json).write_text(json.dumps(by_seed, indent=1) + "\n")
 
 
 if __name__ == "__main__":
