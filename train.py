@@ -29,19 +29,20 @@ import tokenize
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from PIL import Image
 
 from eval import (RERANK_SAMPLES, Parser, add_data_flags, compare, draw_pictures, evaluate,
                   format_table, load_lm, read_table)
-from minivlp import (OBJECTIVES, PRECISIONS, AlignConfig, Checkpoints, LMConfig, LanguageModel,
-                     Temperature, TextTower, TrainingStopped, VisualEmbedder, WorldConfig, align,
-                     chained_corpus, compute_dtype, encode_corpus, environment, fit_whitening,
-                     freeze, held_out_loss, hold_out, load_checkpoint, make_corpus,
-                     make_support_split, make_world, pairs_split, pretrain_lm, rank_and_world,
-                     read_text, reading_drills, reading_tests, resolve_device, save_checkpoint, save_json,
-                     text_features, text_words, WORLDS)
+from minivlp import (OBJECTIVES, PRECISIONS, WORLDS, AlignConfig, Checkpoints, Glyph, LMConfig,
+                     LanguageModel, Temperature, TextTower, TrainingStopped, VisualEmbedder,
+                     WorldConfig, align, caption, chained_corpus, compute_dtype, encode_corpus,
+                     environment, fit_whitening, freeze, held_out_loss, hold_out, load_checkpoint,
+                     make_corpus, make_support_split, make_world, naming_episodes, pairs_split,
+                     pretrain_lm, rank_and_world, read_text, reading_drills, reading_tests, render,
+                     resolve_device, save_checkpoint, save_json, text_features, text_words)
 from tokenizer import Tokenizer
 
 # Each config dataclass becomes a group of flags; LM fields carry the prefix --lm- so that
@@ -422,14 +423,22 @@ def check_prefix_room(prefix_tokens, context):
                          f"of {context} for a caption (give at most {context - 8})")
 
 
-def save_examples(split, out, count=4):
-    """A few held-out images as PNG files, to try `eval.py --caption` and `--ask` on."""
-    paths = []
-    for i in range(min(count, len(split.images))):
-        path = out / f"example_{i}.png"
-        Image.fromarray(split.images[i].permute(1, 2, 0).numpy()).save(path)
-        paths.append(f"{path}: {split.captions[split.caption_index[i]]}")
-    return paths
+def save_examples(split, out, seed, count=4):
+    """A few held-out images as PNG files, to try `eval.py --caption` and `--ask` on; in the
+    shapes world also three one-object images to try `--name` on: two of different colour+shape
+    pairs, then a new image of one of them (name_0.png to name_2.png)."""
+    images = [split.images[i].permute(1, 2, 0).numpy() for i in range(min(count, len(split.images)))]
+    texts = [split.captions[split.caption_index[i]] for i in range(len(images))]
+    paths = [out / f"example_{i}.png" for i in range(len(images))]
+    if split.scenes is not None and not isinstance(split.scenes[0], Glyph):
+        (support, _, query, _), = naming_episodes(2, 1, 1, seed)
+        rng = np.random.default_rng((seed, 13))
+        images += [render(scene, split.images.shape[-1], rng) for scene in support + [query]]
+        texts += [caption(scene) for scene in support + [query]]
+        paths += [out / f"name_{i}.png" for i in range(3)]
+    for image, path in zip(images, paths):
+        Image.fromarray(image).save(path)
+    return [f"{path}: {text}" for path, text in zip(paths, texts)]
 
 
 def main(argv=None):
@@ -546,7 +555,7 @@ def run(args, configs, asked_vocab):
                              args.objective, device, out, args.precision)
     print(f"wrote {out / 'minivlp.pt'}, {out / 'metrics.json'}, pictures "
           f"({', '.join(path.name for path in pictures)}) and example images:")
-    print("\n".join(save_examples(shown, out)))
+    print("\n".join(save_examples(shown, out, args.seed)))
 
 
 def join_processes(device_name):

@@ -12,13 +12,14 @@ shuffled among the pairs (scored against the names before shuffling).
 Then, on the 2-way 1-shot episodes, where it breaks:
   mixed            the support described and the query an image, and the other way round: does
                    the LM match an image with an image, or with a description?
-  by what is shared  the episodes whose two pairs share their shape, their colour, or neither,
-                   images and descriptions
+  by what is shared  the episodes whose two pairs share their shape, their colour, or neither
+                   (their share of the episodes, and the accuracy on them, images and descriptions)
   whole lines      each scene as its whole caption ('a small red circle on the left', text) or
                    its prefix's first 6 vectors (where the whole caption is spelled): the name
                    then stands 8 tokens after the colour, not 3
---show prints one prompt of the first checkpoint as the LM reads it, the name it gives, and
-where its last position (' a', which writes the name) attends, per layer and head.
+--show prints two prompts of the first checkpoint (pairs that share nothing, pairs that share
+their shape) as the LM reads them, the name it gives, and where the position that writes the
+name's first letter attends, per layer and head.
 Last, the mean (min-max) over the checkpoints; --json writes every seed's numbers to a file
 (tutorials/runs/naming/default.json holds results.md's).
 """
@@ -79,35 +80,40 @@ def where_it_breaks(lm, tokenizer, embedder, image_size, seed, n_rows):
         rows = [i for i, episode in enumerate(episodes) if shared(episode) == part]
         for setting in ("image", "text"):
             results[f"{setting}, share {part}"] = float(np.mean([right[setting][i] for i in rows]))
-        results[f"episodes sharing {part}"] = len(rows)
+        results[f"episodes sharing {part}"] = len(rows) / len(episodes)
     return results
 
 
 @torch.no_grad()
-def show(lm, tokenizer, embedder, image_size, seed):
-    """One 2-way 1-shot prompt as the LM reads it, its answer, and where the last position
-    attends: the share of each layer's and head's attention on each piece of the row."""
-    episodes = naming_episodes(2, 1, 1, seed)
-    (support, names, query, name), = episodes
+def show(lm, tokenizer, embedder, image_size, episode, seed):
+    """One 2-way 1-shot prompt as the LM reads it, its answer, and where the position that
+    writes the name's first letter attends: the share of each layer's and head's attention on
+    each piece of the row."""
+    episodes = [episode]
+    support, names, query, name = episode
     seen = naming_lines(lm, tokenizer, embedder, episodes, image_size, torch.device("cpu"),
                         "float32", seed)[0][0]                                  # (3, 3, C)
     nearest = (F.normalize(seen, dim=-1) @ F.normalize(lm.token_emb.weight, dim=-1).T).argmax(-1)
     words = [f"[image: {tokenizer.decode(ids.tolist())}]" for ids in nearest]
-    prompt = tokenizer.encode(" is a")
+    # the position that writes the name's first letter: after ' is a' and the name's space token
+    name_ids = tokenizer.encode(f" {name}")
+    prompt = tokenizer.encode(" is a") + (name_ids[:1] if tokenizer.decode(name_ids[:1]) == " "
+                                          else [])
     row = torch.cat([naming_row(lm, tokenizer, seen[:-1], names, seen[-1]),
                      lm.token_emb(torch.tensor(prompt))])                       # (T, C)
-    pieces, at = [("<bos>", 1)], 1
-    for word, n in zip(words, names):
-        pieces += [(word, 3), (" is a", len(tokenizer.encode(" is a"))),
-                   (f" {n}", len(tokenizer.encode(f" {n}\n")))]
-    pieces += [(words[-1], 3), (" is a", len(prompt))]
+    is_a = len(tokenizer.encode(" is a"))
+    pieces = [("<bos>", 1)]
+    for i, n in enumerate(names):
+        pieces += [(f"image {i + 1}", 3), ("is a", is_a), (n, len(tokenizer.encode(f" {n}\n")))]
+    pieces += [("query image", 3), ("is a" + " _" * (len(prompt) - is_a), len(prompt))]
     print("\n".join(f"{w} is a {n}" for w, n in zip(words, names)) + f"\n{words[-1]} is a")
-    said = continue_lines(lm, tokenizer, [row[:-len(prompt)]], [prompt], 8)[0]
+    said = continue_lines(lm, tokenizer, [row[:-len(prompt)]], [tokenizer.encode(" is a")], 8)[0]
     print(f"scenes: {'; '.join(caption(s) for s in support + [query])}\n"
           f"the name asked for: {name}; the LM says: {said}")
     x = row[None] + lm.pos_emb.weight[:len(row)]
-    print("attention of the last position (' a'), share on each piece:")
-    print(" " * 16 + "".join(f"{p[:14]:>16}" for p, _ in pieces))
+    print("attention of the last position, which writes the name's first letter, share on each "
+          "piece:")
+    print(" " * 16 + "".join(f"{p[:11]:>12}" for p, _ in pieces))
     for layer, block in enumerate(lm.blocks):
         q, k, _ = block.attention.mixed_qkv(block.ln_attention(x))             # (1, h, T, d)
         weights = (q[0, :, -1:] @ k[0].transpose(1, 2) / k.shape[-1] ** 0.5).softmax(-1)[:, 0]
@@ -116,7 +122,7 @@ def show(lm, tokenizer, embedder, image_size, seed):
             for _, n in pieces:
                 shares.append(w[at:at + n].sum().item())
                 at += n
-            print(f"layer {layer + 1} head {head}  " + "".join(f"{v:16.2f}" for v in shares))
+            print(f"layer {layer + 1} head {head}  " + "".join(f"{v:12.2f}" for v in shares))
         x = block(x)
 
 
@@ -135,8 +141,12 @@ def main():
         if world.dataset != "shapes" or config.get("data"):
             raise ValueError(f"{path}: not a run of the built-in shapes world")
         lm, tokenizer, seed = tower.lm, tower.tokenizer, config["seed"]
-        if args.show and not by_seed:
-            show(lm, tokenizer, embedder, world.image_size, seed)
+        if args.show and not by_seed:  # the first episode whose pairs share nothing, then a shape
+            episodes = naming_episodes(2, 1, 50, seed)
+            for part in ("neither", "shape"):
+                print(f"\n2-way 1-shot, the pairs share {part}:")
+                show(lm, tokenizer, embedder, world.image_size,
+                     next(e for e in episodes if shared(e) == part), seed)
         results = naming_metrics(lm, tokenizer, embedder, world.image_size, torch.device("cpu"),
                                  "float32", args.rows, seed)
         results.update(where_it_breaks(lm, tokenizer, embedder, world.image_size, seed,
