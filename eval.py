@@ -396,6 +396,7 @@ def naming_metrics(lm, tokenizer, embedder, image_size, device, precision="auto"
       binding_blind_acc     the query's image left out ('... kep \n is a'): no better than chance
       binding_shuffled_acc  the N names shuffled among the support pairs, scored against the
                             names before shuffling: 1/N if the LM reads the names from its row
+    Every run is asked the same episodes and images (seed), as it is asked the same questions.
     An episode whose prompt and name exceed the LM's context is left out; binding_rows_* says
     how many were asked."""
     if naming_positions(tokenizer) is None:

@@ -12,6 +12,7 @@ shuffled among the pairs (scored against the names before shuffling).
 Then, on the 2-way 1-shot episodes, where it breaks:
   mixed            the support described and the query an image, and the other way round: does
                    the LM match an image with an image, or with a description?
+  made up          the share of answers that are none of the support's names, images and text
   by what is shared  the episodes whose two pairs share their shape, their colour, or neither
                    (their share of the episodes, and the accuracy on them, images and descriptions)
   whole lines      each scene as its whole caption ('a small red circle on the left', text) or
@@ -34,8 +35,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from eval import (continue_lines, load_models, named_right, naming_lines,  # noqa: E402
-                  naming_metrics, naming_row)
+from eval import (continue_lines, load_models, naming_lines, naming_metrics,  # noqa: E402
+                  naming_row)
 from minivlp import (caption, embed_images, image_context, load_checkpoint,  # noqa: E402
                      naming_episodes, render)
 
@@ -60,11 +61,11 @@ def shared(episode):
     return "shape" if s1 == s2 else "colour" if c1 == c2 else "neither"
 
 
-def where_it_breaks(lm, tokenizer, embedder, image_size, seed, n_rows):
+def where_it_breaks(lm, tokenizer, embedder, image_size, n_rows):
     """{setting: accuracy} on the 2-way 1-shot episodes of naming_metrics."""
-    episodes = naming_episodes(2, 1, n_rows, seed)
+    episodes = naming_episodes(2, 1, n_rows)
     seen, said = naming_lines(lm, tokenizer, embedder, episodes, image_size, torch.device("cpu"),
-                              "float32", seed)
+                              "float32")
     whole_seen, whole_said = whole_lines(lm, tokenizer, embedder, episodes, image_size)
     names = [episode[1] for episode in episodes]
     truth = [episode[3] for episode in episodes]
@@ -72,10 +73,16 @@ def where_it_breaks(lm, tokenizer, embedder, image_size, seed, n_rows):
              [torch.cat([t[:-1], s[-1:]]) for s, t in zip(seen, said)],
              "support image, query text": [torch.cat([s[:-1], t[-1:]]) for s, t in zip(seen, said)],
              "whole prefix (6)": whole_seen, "whole caption": whole_said}
-    right = {setting: named_right(lm, tokenizer, [naming_row(lm, tokenizer, rows[:-1], n, rows[-1])
-                                                  for rows, n in zip(scenes, names)], truth)
-             for setting, scenes in lines.items()}
+    prompt = [tokenizer.encode(" is a")] * len(episodes)
+    said = {setting: continue_lines(lm, tokenizer, [naming_row(lm, tokenizer, rows[:-1], n, rows[-1])
+                                                    for rows, n in zip(scenes, names)], prompt, 8)
+            for setting, scenes in lines.items()}
+    right = {setting: [given == name for given, name in zip(texts, truth)]
+             for setting, texts in said.items()}
     results = {setting: float(np.mean(r)) for setting, r in right.items()}
+    for setting in ("image", "text"):  # a miss that names no support image: a name made up
+        results[f"{setting}, made up"] = float(np.mean([given not in n for given, n
+                                                         in zip(said[setting], names)]))
     for part in ("shape", "colour", "neither"):
         rows = [i for i, episode in enumerate(episodes) if shared(episode) == part]
         for setting in ("image", "text"):
@@ -85,14 +92,14 @@ def where_it_breaks(lm, tokenizer, embedder, image_size, seed, n_rows):
 
 
 @torch.no_grad()
-def show(lm, tokenizer, embedder, image_size, episode, seed):
+def show(lm, tokenizer, embedder, image_size, episode):
     """One 2-way 1-shot prompt as the LM reads it, its answer, and where the position that
     writes the name's first letter attends: the share of each layer's and head's attention on
     each piece of the row."""
     episodes = [episode]
     support, names, query, name = episode
     seen = naming_lines(lm, tokenizer, embedder, episodes, image_size, torch.device("cpu"),
-                        "float32", seed)[0][0]                                  # (3, 3, C)
+                        "float32")[0][0]                                        # (3, 3, C)
     nearest = (F.normalize(seen, dim=-1) @ F.normalize(lm.token_emb.weight, dim=-1).T).argmax(-1)
     words = [f"[image: {tokenizer.decode(ids.tolist())}]" for ids in nearest]
     # the position that writes the name's first letter: after ' is a' and the name's space token
@@ -105,15 +112,15 @@ def show(lm, tokenizer, embedder, image_size, episode, seed):
     pieces = [("<bos>", 1)]
     for i, n in enumerate(names):
         pieces += [(f"image {i + 1}", 3), ("is a", is_a), (n, len(tokenizer.encode(f" {n}\n")))]
-    pieces += [("query image", 3), ("is a" + " _" * (len(prompt) - is_a), len(prompt))]
+    pieces += [("query", 3), ("is a" + " _" * (len(prompt) - is_a), len(prompt))]
     print("\n".join(f"{w} is a {n}" for w, n in zip(words, names)) + f"\n{words[-1]} is a")
     said = continue_lines(lm, tokenizer, [row[:-len(prompt)]], [tokenizer.encode(" is a")], 8)[0]
-    print(f"scenes: {'; '.join(caption(s) for s in support + [query])}\n"
-          f"the name asked for: {name}; the LM says: {said}")
+    print("the scenes: " + "; ".join(caption(s) for s in support) + f";\nthen {caption(query)}")
+    print(f"the name asked for: {name}; the LM says: {said}")
     x = row[None] + lm.pos_emb.weight[:len(row)]
     print("attention of the last position, which writes the name's first letter, share on each "
           "piece:")
-    print(" " * 16 + "".join(f"{p[:11]:>12}" for p, _ in pieces))
+    print(" " * 16 + "".join(f"{p:>9}" for p, _ in pieces))
     for layer, block in enumerate(lm.blocks):
         q, k, _ = block.attention.mixed_qkv(block.ln_attention(x))             # (1, h, T, d)
         weights = (q[0, :, -1:] @ k[0].transpose(1, 2) / k.shape[-1] ** 0.5).softmax(-1)[:, 0]
@@ -122,7 +129,7 @@ def show(lm, tokenizer, embedder, image_size, episode, seed):
             for _, n in pieces:
                 shares.append(w[at:at + n].sum().item())
                 at += n
-            print(f"layer {layer + 1} head {head}  " + "".join(f"{v:12.2f}" for v in shares))
+            print(f"layer {layer + 1} head {head}  " + "".join(f"{v:9.2f}" for v in shares))
         x = block(x)
 
 
@@ -142,15 +149,14 @@ def main():
             raise ValueError(f"{path}: not a run of the built-in shapes world")
         lm, tokenizer, seed = tower.lm, tower.tokenizer, config["seed"]
         if args.show and not by_seed:  # the first episode whose pairs share nothing, then a shape
-            episodes = naming_episodes(2, 1, 50, seed)
+            episodes = naming_episodes(2, 1, 50)
             for part in ("neither", "shape"):
                 print(f"\n2-way 1-shot, the pairs share {part}:")
                 show(lm, tokenizer, embedder, world.image_size,
-                     next(e for e in episodes if shared(e) == part), seed)
+                     next(e for e in episodes if shared(e) == part))
         results = naming_metrics(lm, tokenizer, embedder, world.image_size, torch.device("cpu"),
-                                 "float32", args.rows, seed)
-        results.update(where_it_breaks(lm, tokenizer, embedder, world.image_size, seed,
-                                       args.rows))
+                                 "float32", args.rows)
+        results.update(where_it_breaks(lm, tokenizer, embedder, world.image_size, args.rows))
         by_seed[str(seed)] = results
         print(f"seed {seed} ({path}): " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float)
                                                     else f"{k} {v}" for k, v in results.items()))
