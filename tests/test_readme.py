@@ -578,8 +578,14 @@ def test_why_a_solved_example_hurts_is_the_stored_benchmark():
     pair = lambda r, name, k: " / ".join(f"{r[f'{name} example ({a}) first'][k]:.2f}" for a in ("one", "two"))
     for seed, r in stored.items():
         assert rows[seed] == [f"{r['image alone'][0]:.2f}", pair(r, "image", 0), pair(r, "text", 0),
-                              pair(r, "image", 1)], seed
-        assert {p for name, (_, _, p) in r.items() if name.startswith("image example")} <= {59, 60}
+                              pair(r, "short", 0), pair(r, "image", 2), pair(r, "short", 2)], seed
+        assert {r[name][3] for name in r if name.startswith("image example")} <= {59, 60}
+        assert {r[name][3] for name in r if name.startswith("short example")} <= set(range(50, 55))
+    ended = {seed: (pair(r, "image", 1), pair(r, "short", 1)) for seed, r in stored.items()}
+    assert ended["1"] == ("0.02 / 0.39", "1.00 / 1.00")
+    copied = [max(r[f"{form} example ({a}) first"][2] for a in ("one", "two")
+                  for form in ("image", "short")) for r in stored.values()]   # a seed's most
+    assert f"({min(copied):.2f} to {max(copied):.2f}, " in section
 
 
 def test_the_reading_tables_pulled_row_is_the_default_runs():
