@@ -461,7 +461,7 @@ def zeroshot_named_classes(image_emb, image_captions, classes, templates, embed_
 def evaluate(embedder, tower, splits, support, device, objective, classes=None, templates=None,
              precision="auto", rerank=0, chain=False):
     """{split name: metrics}: retrieval and zero-shot for the contrastive head, captioning and VQA
-    for the prefix head. `paraphrase` holds the `test` images, so only its retrieval is new. With
+    for the prefix head, and in the shapes world naming from a few examples (under `test`). `paraphrase` holds the `test` images, so only its retrieval is new. With
     both heads, also the exact match of captions re-ranked by v among the greedy one and `rerank`
     samples (caption_exact_match_reranked; 0 leaves it out). chain: as in prefix_metrics.
 
