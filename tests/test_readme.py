@@ -335,6 +335,41 @@ def test_the_six_taps_pulled_at_16_are_the_stored_runs():
             assert cell == f"{np.mean(values):.{len(cell.split('.')[1])}f}", (cell, key)
 
 
+def test_the_five_taps_pulled_at_16_are_the_stored_runs():
+    """design.md, "Reading its context": the 5-tap LMs aligned as the default is
+    (runs/reading/taps5_pulled) against the default (runs/locked), each figure as written."""
+    text = " ".join((ROOT / "tutorials" / "design.md").read_text(encoding="utf-8").split())
+    text = text.split("Five taps, the same way")[1].split("Four taps stay the default")[0]
+    five, four = runs("reading/taps5_pulled"), runs("locked")
+    assert [m["run"]["config"]["lm"]["taps"] for m in five] == [5] * 5
+    assert [m["run"]["config"]["seed"] for m in five] == [0, 1, 2, 3, 4]
+
+    def cell(values):
+        mean, low, high = (f"{x:.2f}" for x in (np.mean(values), min(values), max(values)))
+        return mean if mean == low == high else f"{mean} ({low}–{high})"
+
+    def both(split, key):
+        return cell([m[split][key] for m in five]), f"{np.mean([m[split][key] for m in four]):.2f}"
+
+    binding = [both("test", f"binding_acc_{k}") for k in ("2way_1shot", "2way_2shot", "5way_1shot")]
+    assert (f"rises to {binding[0][0]} 2-way 1-shot, {binding[1][0]} 2-shot and {binding[2][0]} "
+            f"5-way, against {binding[0][1]}, {binding[1][1]} and {binding[2][1]}") in text
+    described = [both("test", f"binding_text_acc_{k}")[0] for k in ("2way_1shot", "5way_1shot")]
+    assert f"from descriptions to {described[0]} and {described[1]};" in text
+    position = both("test", "vqa_acc_position")
+    assert f"position after the image to {position[0]} against {position[1]}" in text
+    first, second = both("test", "vqa_acc_colour_first"), both("test", "vqa_acc_colour_second")
+    absent, told = both("test", "vqa_acc_exists_absent"), both("test", "vqa_text_acc_exists_absent")
+    assert (f"object {first[0]} and {second[0]} against {first[1]} and {second[1]}, an absent pair "
+            f"denied {absent[0]} against {absent[1]}, and from the true caption {told[0]} against "
+            f"{told[1]}") in text
+    paraphrase = both("paraphrase", "text_to_image_R@1")
+    assert f"text to image, {paraphrase[0]} against {paraphrase[1]}" in text
+    captions = {f"{np.mean([m['compositional']['caption_exact_match'] for m in ran]):.2f}"
+                for ran in (five, four)}
+    assert len(captions) == 1 and f"captions stay ({captions.pop()})" in text
+
+
 def test_the_readmes_reading_tables_are_the_benchmark_and_the_default_runs():
     """README, "Does the frozen LM read what it is shown?": the first table is what lm_reading.py
     printed for the plain LMs (runs/reading/default.json) and the default's (recipe.json: the
