@@ -365,6 +365,10 @@ def test_the_five_taps_pulled_at_16_are_the_stored_runs():
             f"{told[1]}") in text
     paraphrase = both("paraphrase", "text_to_image_R@1")
     assert f"text to image, {paraphrase[0]} against {paraphrase[1]}" in text
+    means = {f"{np.mean([m['test'][f'binding_acc_{k}'] for m in five]):.2f}"
+             for k in ("2way_1shot", "5way_1shot")}
+    assert len(means) == 1 and f"names {means.pop()} 2-way and 5-way from images" in " ".join(
+        README.split())
     captions = {f"{np.mean([m['compositional']['caption_exact_match'] for m in ran]):.2f}"
                 for ran in (five, four)}
     assert len(captions) == 1 and f"captions stay ({captions.pop()})" in text
