@@ -339,15 +339,15 @@ def text_caption_metrics(lm, tokenizer, prefixes, references):
 NAMING = [(2, 1), (2, 2), (5, 1)]
 
 
-def naming_positions(tokenizer):
+def naming_positions(tokenizer, prefix_tokens):
     """Where the spelled prefix of a one-object image holds 'a', its colour and its shape:
     positions 0, 2, 3 of 'a small red circle on the left', if each of those words is one token
-    (else None). An image's line in a naming prompt is these three vectors, as short as the
-    corpus's 'a red circle': the whole prefix (16 vectors) would let at most three images into
-    the LM's 64 positions."""
+    and the prefix has that many vectors (else None). An image's line in a naming prompt is these
+    three vectors, as short as the corpus's 'a red circle': the whole prefix (16 vectors) would
+    let at most three images into the LM's 64 positions."""
     one_token = all(len(tokenizer.encode(f"a {size} {colour} {shape}")) == 4
                     for size in SIZES for colour in COLOURS for shape in SHAPES)
-    return [0, 2, 3] if one_token else None
+    return [0, 2, 3] if one_token and prefix_tokens > 3 else None
 
 
 def naming_row(lm, tokenizer, lines, names, query_line):
@@ -370,7 +370,8 @@ def naming_lines(lm, tokenizer, embedder, episodes, image_size, device, precisio
     scenes = [scene for support, _, query, _ in episodes for scene in support + [query]]
     images = torch.from_numpy(np.stack([render(scene, image_size, rng) for scene in scenes]))
     _, prefixes = embed_images(embedder, images.permute(0, 3, 1, 2), device, precision=precision)
-    seen = image_context(lm, tokenizer, prefixes)[:, 1:][:, naming_positions(tokenizer)]
+    positions = naming_positions(tokenizer, prefixes.shape[1])
+    seen = image_context(lm, tokenizer, prefixes)[:, 1:][:, positions]               # (M, 3, C)
     said = lm.token_emb(torch.tensor([tokenizer.encode("a {} {}".format(*scene.objects[0]))
                                       for scene in scenes], device=device))       # (M, 3, C)
     per_episode = len(episodes[0][0]) + 1
@@ -399,7 +400,7 @@ def naming_metrics(lm, tokenizer, embedder, image_size, device, precision="auto"
     Every run is asked the same episodes and images (seed), as it is asked the same questions.
     An episode whose prompt and name exceed the LM's context is left out; binding_rows_* says
     how many were asked."""
-    if naming_positions(tokenizer) is None:
+    if naming_positions(tokenizer, embedder.prefix_shape[0]) is None:
         return {}
     metrics = {}
     rng = np.random.default_rng((seed, 11))
@@ -886,10 +887,10 @@ def name_by_example(lm, tokenizer, embedder, image_size, device, arguments, prec
                            for pair in examples):
         raise ValueError("--name: expected IMAGE:NAME ... then the image to name, each NAME a "
                          f"lower-case word (got {' '.join(arguments)})")
-    positions = naming_positions(tokenizer)
+    positions = naming_positions(tokenizer, embedder.prefix_shape[0])
     if positions is None:
-        raise ValueError("--name: this checkpoint's tokenizer splits the shapes world's words, "
-                         "so its prefix has no three vectors to name by (a shapes-world run)")
+        raise ValueError("--name: this checkpoint's tokenizer splits the shapes world's words, or "
+                         "its prefix is shorter than 4, so it has no three vectors to name by")
     images = torch.stack([load_image(path, image_size) for path, _ in examples] +
                          [load_image(query, image_size)])
     _, prefixes = embed_images(embedder, images, device, precision=precision)

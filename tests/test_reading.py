@@ -218,7 +218,7 @@ def greedy_line(lm, tokenizer, ids, max_new_tokens=8):
 
 
 def test_the_naming_positions_hold_the_article_colour_and_shape(naming_tokenizer, tokenizer):
-    positions = naming_positions(naming_tokenizer)
+    positions = naming_positions(naming_tokenizer, 16)
     rng = np.random.default_rng(0)
     for _ in range(30):
         scene = random_scene(rng, held_out=None)
@@ -226,7 +226,8 @@ def test_the_naming_positions_hold_the_article_colour_and_shape(naming_tokenizer
             ids = naming_tokenizer.encode(shapes_caption(scene))
             assert [ids[p] for p in positions] == \
                 naming_tokenizer.encode("a {} {}".format(*scene.objects[0]))
-    assert naming_positions(tokenizer) is None        # 400 tokens: 'small' is split, so no line
+    assert naming_positions(tokenizer, 16) is None    # 400 tokens: 'small' is split, so no line
+    assert naming_positions(naming_tokenizer, 3) is None         # no shape vector in the prefix
 
 
 def test_naming_episodes_name_each_pair_once_and_ask_one_of_them():
@@ -274,6 +275,7 @@ class SpellingEmbedder(torch.nn.Module):
     def __init__(self, lm, tokenizer, prefix_tokens=16):
         super().__init__()
         self.lm, self.tokenizer, self.prefix_tokens = lm, tokenizer, prefix_tokens
+        self.prefix_shape = (prefix_tokens, lm.token_emb.embedding_dim)
 
     def forward(self, images):
         rgb = images.float().mean(dim=(2, 3))                              # (B, 3)
@@ -312,3 +314,10 @@ def test_naming_by_example_reads_images_as_the_words_their_vectors_spell(naming_
 def test_naming_by_example_needs_named_images_then_one_more(naming_tokenizer, flags):
     with pytest.raises(ValueError, match="--name: expected IMAGE:NAME"):
         name_by_example(None, naming_tokenizer, None, 32, torch.device("cpu"), flags)
+
+
+def test_naming_by_example_refuses_a_prefix_too_short_to_name_by(naming_tokenizer):
+    lm = LanguageModel(LMConfig(vocab_size=naming_tokenizer.vocab_size, width=32, heads=2))
+    with pytest.raises(ValueError, match="--name: .* shorter than 4"):
+        name_by_example(lm, naming_tokenizer, SpellingEmbedder(lm, naming_tokenizer, 2), 32,
+                        torch.device("cpu"), ["a.png:dax", "b.png"])
