@@ -374,6 +374,42 @@ def test_the_five_taps_pulled_at_16_are_the_stored_runs():
     assert len(captions) == 1 and f"captions stay ({captions.pop()})" in text
 
 
+def test_five_taps_with_absent_pairs_from_the_line_are_the_stored_runs():
+    """design.md, "Reading its context": 5 taps and the lookup documents' absent pairs drawn from
+    the line (runs/reading/taps5_line), each figure as written, against the default's means."""
+    text = " ".join((ROOT / "tutorials" / "design.md").read_text(encoding="utf-8").split())
+    text = text.split("Five taps with the lookup documents' absent pairs")[1].split("It is not")[0]
+    line, four = runs("reading/taps5_line"), runs("locked")
+    assert [m["run"]["config"]["lm"]["taps"] for m in line] == [5] * 5
+    assert [m["run"]["config"]["seed"] for m in line] == [0, 1, 2, 3, 4]
+
+    def cell(split, key):
+        values = [m[split][key] for m in line]
+        mean, low, high = (f"{x:.2f}" for x in (np.mean(values), min(values), max(values)))
+        return mean if mean == low == high else f"{mean} ({low}–{high})"
+
+    default = lambda split, key: f"{np.mean([m[split][key] for m in four]):.2f}"
+    expected = [
+        f"names from images {cell('test', 'binding_acc_2way_1shot')} 2-way 1-shot and "
+        f"{cell('test', 'binding_acc_5way_1shot')} 5-way",
+        f"from the true caption the second object's colour "
+        f"{cell('test', 'vqa_text_acc_colour_second')} and the absent pair "
+        f"{cell('test', 'vqa_text_acc_exists_absent')}",
+        f"own caption {cell('test', 'vqa_describe_acc_colour_second')} and "
+        f"{cell('test', 'vqa_describe_acc_exists_absent')}",
+        f"the first object's colour {cell('test', 'vqa_acc_colour_first')} and the absent pair "
+        f"{cell('test', 'vqa_acc_exists_absent')}",
+        f"`compositional` captions {cell('compositional', 'caption_exact_match')}",
+        f"straight after the image, {cell('test', 'vqa_acc_colour_second')} against "
+        f"{default('test', 'vqa_acc_colour_second')}",
+        f"image to text {cell('paraphrase', 'image_to_text_R@1')} against "
+        f"{default('paraphrase', 'image_to_text_R@1')}",
+        f"text to image {cell('paraphrase', 'text_to_image_R@1')} against "
+        f"{default('paraphrase', 'text_to_image_R@1')}"]
+    for phrase in expected:
+        assert phrase in text, phrase
+
+
 def test_the_readmes_reading_tables_are_the_benchmark_and_the_default_runs():
     """README, "Does the frozen LM read what it is shown?": the first table is what lm_reading.py
     printed for the plain LMs (runs/reading/default.json) and the default's (recipe.json: the
