@@ -378,7 +378,7 @@ def test_five_taps_with_absent_pairs_from_the_line_are_the_stored_runs():
     """design.md, "Reading its context": 5 taps and the lookup documents' absent pairs drawn from
     the line (runs/reading/taps5_line), each figure as written, against the default's means."""
     text = " ".join((ROOT / "tutorials" / "design.md").read_text(encoding="utf-8").split())
-    text = text.split("Five taps with the lookup documents' absent pairs")[1].split("It is not")[0]
+    text = text.split("Five taps with the lookup documents' absent pairs")[1].split("Six taps")[0]
     line, four = runs("reading/taps5_line"), runs("locked")
     assert [m["run"]["config"]["lm"]["taps"] for m in line] == [5] * 5
     assert [m["run"]["config"]["seed"] for m in line] == [0, 1, 2, 3, 4]
@@ -408,6 +408,21 @@ def test_five_taps_with_absent_pairs_from_the_line_are_the_stored_runs():
         f"{default('paraphrase', 'text_to_image_R@1')}"]
     for phrase in expected:
         assert phrase in text, phrase
+
+
+def test_six_taps_with_absent_pairs_from_the_line_are_the_stored_runs():
+    """design.md: the same lookup documents with 6 taps (runs/reading/taps6_line)."""
+    text = " ".join((ROOT / "tutorials" / "design.md").read_text(encoding="utf-8").split())
+    text = text.split("Six taps with the same lookup documents")[1].split("they are not the")[0]
+    six = runs("reading/taps6_line")
+    assert [m["run"]["config"]["lm"]["taps"] for m in six] == [6] * 5
+    assert [m["run"]["config"]["seed"] for m in six] == [0, 1, 2, 3, 4]
+    found = re.findall(r"\d\.\d\d \(\d\.\d\d–\d\.\d\d\)", text)
+    keys = ["binding_acc_5way_1shot", "vqa_acc_colour_first", "vqa_acc_exists_absent",
+            "vqa_acc_position", "vqa_text_acc_colour_second"]
+    assert len(found) == len(keys)
+    for cell, key in zip(found, keys):
+        check(cell, [m["test"][key] for m in six])
 
 
 def test_the_readmes_reading_tables_are_the_benchmark_and_the_default_runs():
