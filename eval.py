@@ -350,6 +350,19 @@ def naming_positions(tokenizer, prefix_tokens):
     return [0, 2, 3] if one_token and prefix_tokens > 3 else None
 
 
+def naming_vectors(lm, tokenizer, prefixes):
+    """(M, K, C) prefixes -> (M, 3, C): each image's vectors at naming_positions, at the length
+    image_context gives them."""
+    return image_context(lm, tokenizer, prefixes)[:, 1:][:, naming_positions(tokenizer,
+                                                                              prefixes.shape[1])]
+
+
+def nearest_tokens(lm, vectors):
+    """(..., C) vectors -> (...) ids of the token embeddings of highest cosine: what each vector
+    of a spelled prefix reads as."""
+    return (F.normalize(vectors, dim=-1) @ F.normalize(lm.token_emb.weight, dim=-1).T).argmax(-1)
+
+
 def naming_row(lm, tokenizer, lines, names, query_line):
     """(L, C) embeddings of one naming prompt: '<bos> LINE is a NAME \n ... QUERY_LINE' (the
     prompt ' is a' follows it). lines and query_line: (n, C) embeddings of what describes each
@@ -370,8 +383,7 @@ def naming_lines(lm, tokenizer, embedder, episodes, image_size, device, precisio
     scenes = [scene for support, _, query, _ in episodes for scene in support + [query]]
     images = torch.from_numpy(np.stack([render(scene, image_size, rng) for scene in scenes]))
     _, prefixes = embed_images(embedder, images.permute(0, 3, 1, 2), device, precision=precision)
-    positions = naming_positions(tokenizer, prefixes.shape[1])
-    seen = image_context(lm, tokenizer, prefixes)[:, 1:][:, positions]               # (M, 3, C)
+    seen = naming_vectors(lm, tokenizer, prefixes)                                  # (M, 3, C)
     said = lm.token_emb(torch.tensor([tokenizer.encode("a {} {}".format(*scene.objects[0]))
                                       for scene in scenes], device=device))       # (M, 3, C)
     per_episode = len(episodes[0][0]) + 1
@@ -887,21 +899,19 @@ def name_by_example(lm, tokenizer, embedder, image_size, device, arguments, prec
                            for pair in examples):
         raise ValueError("--name: expected IMAGE:NAME ... then the image to name, each NAME a "
                          f"lower-case word (got {' '.join(arguments)})")
-    positions = naming_positions(tokenizer, embedder.prefix_shape[0])
-    if positions is None:
+    if naming_positions(tokenizer, embedder.prefix_shape[0]) is None:
         raise ValueError("--name: this checkpoint's tokenizer splits the shapes world's words, or "
                          "its prefix is shorter than 4, so it has no three vectors to name by")
     images = torch.stack([load_image(path, image_size) for path, _ in examples] +
                          [load_image(query, image_size)])
     _, prefixes = embed_images(embedder, images, device, precision=precision)
-    vectors = image_context(lm, tokenizer, prefixes)[:, 1:][:, positions]          # (M, 3, C)
+    vectors = naming_vectors(lm, tokenizer, prefixes)                               # (M, 3, C)
     row = naming_row(lm, tokenizer, vectors[:-1], [name for _, name in examples], vectors[-1])
     prompt = tokenizer.encode(" is a")
     if len(row) + len(prompt) >= lm.context:
         raise ValueError(f"--name: {len(examples)} examples make a prompt of {len(row) + len(prompt)}"
                          f" positions; the LM reads {lm.context}, so give fewer")
-    nearest = (F.normalize(vectors, dim=-1) @ F.normalize(lm.token_emb.weight, dim=-1).T).argmax(-1)
-    seen = [f"[image: {tokenizer.decode(ids.tolist())}]" for ids in nearest]         # (M,) texts
+    seen = [f"[image: {tokenizer.decode(ids.tolist())}]" for ids in nearest_tokens(lm, vectors)]
     lines = [f"{image} is a {name}" for image, (_, name) in zip(seen, examples)]
     said = continue_lines(lm, tokenizer, [row], [prompt], 8)[0]
     return "\n".join(lines + [f"{seen[-1]} is a ... {said}"])

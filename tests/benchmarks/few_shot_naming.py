@@ -32,11 +32,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from eval import (continue_lines, load_models, naming_lines, naming_metrics,  # noqa: E402
-                  naming_row)
+                  naming_row, nearest_tokens)
 from minivlp import (caption, embed_images, image_context, load_checkpoint,  # noqa: E402
                      naming_episodes, render)
 
@@ -100,8 +99,7 @@ def show(lm, tokenizer, embedder, image_size, episode):
     support, names, query, name = episode
     seen = naming_lines(lm, tokenizer, embedder, episodes, image_size, torch.device("cpu"),
                         "float32")[0][0]                                        # (3, 3, C)
-    nearest = (F.normalize(seen, dim=-1) @ F.normalize(lm.token_emb.weight, dim=-1).T).argmax(-1)
-    words = [f"[image: {tokenizer.decode(ids.tolist())}]" for ids in nearest]
+    words = [f"[image: {tokenizer.decode(ids.tolist())}]" for ids in nearest_tokens(lm, seen)]
     # the position that writes the name's first letter: after ' is a' and the name's space token
     name_ids = tokenizer.encode(f" {name}")
     prompt = tokenizer.encode(" is a") + (name_ids[:1] if tokenizer.decode(name_ids[:1]) == " "

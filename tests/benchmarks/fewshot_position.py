@@ -22,10 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from eval import answer, load_models, verdict  # noqa: E402
+from eval import answer, load_models, nearest_tokens, verdict  # noqa: E402
 from minivlp import (caption, embed_images, image_context, load_checkpoint,  # noqa: E402
                      make_eval_splits, question_prompt)
 
@@ -55,8 +54,7 @@ def measure(path, n_images):
         if shown == "image":
             head = rows[i]
         elif shown == "short":
-            nearest = (F.normalize(rows[i, 1:], dim=-1) @ F.normalize(lm.token_emb.weight, dim=-1).T)
-            spelled = nearest.argmax(-1).tolist()                       # (K,) token ids
+            spelled = nearest_tokens(lm, rows[i, 1:]).tolist()          # (K,) token ids
             head = rows[i, :1 + (spelled.index(newline) if newline in spelled else len(spelled))]
         else:
             # the caption twice, cut to the image row's length: the answer stands where it does
