@@ -66,7 +66,7 @@ class LMConfig:
     warmup_steps: int = 40
     weight_decay: float = 0.1
     grad_clip: float = 1.0
-    taps: int = 4                # positions each q, k, v mixes (1: plain attention, Part 2)
+    taps: int = 5                # positions each q, k, v mixes (1: plain attention, Part 2)
     reading_steps: int = 400     # first steps on reading drills, then the reading corpus (shapes, Part 9)
 
 
@@ -145,8 +145,9 @@ class CausalSelfAttention(nn.Module):
     for that; with learned positions the tiny LM does not, within its budget. A key mixed with
     the previous position's key has it at once (Olsson et al.'s smeared keys; as a causal
     convolution over q, k and v: Primer, So et al. 2021, and the Canon layers of Allen-Zhu 2025).
-    The default mixes 4 positions; taps = 1 is plain attention (tutorials/design.md, "Reading its
-    context", measures both).
+    The default mixes 5 positions, so that the key at a name's first token still holds the colour
+    of `a red circle is a kipo`; taps = 1 is plain attention (tutorials/design.md, "Reading its
+    context", measures 1, 4, 5 and 6).
 
         qkv'_t = Σ_{j < taps} w_j ⊙ qkv_{t-j}      (w_j: a weight a channel; 0 before the row)
 
@@ -1564,7 +1565,7 @@ def lookup_document(rng):
         if colours.count(colour) == 1:
             asked.append((f"what shape is the {colour} object?", shape, "shape"))
     for _ in range(2):  # half the time about an object that is there, as in shapes_questions
-        pair = (pick(rng, list(COLOURS)), pick(rng, SHAPES))
+        pair = (pick(rng, colours), pick(rng, shapes))
         if rng.random() < 0.5:
             pair = objects[int(rng.integers(len(objects)))]
         asked.append((f"is there a {pair[0]} {pair[1]}?", exists_answer(objects, pair), "exists"))
