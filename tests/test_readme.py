@@ -641,8 +641,7 @@ def test_the_reading_recipes_probes_are_the_stored_ones():
 
 def test_the_prefix_timing_table_is_the_stored_runs():
     """speed.md: the prefix's cost, against runs/timing/prefix_*.json (the 16 spelled vectors'
-    run is the stored default seed 0, number for number; timed before the naming metrics were
-    added, it lacks their binding_* keys)."""
+    run is the stored default seed 0, number for number)."""
     page = (ROOT / "tutorials" / "speed.md").read_text(encoding="utf-8")
     rows = table_rows("What the prefix costs", "## What the prefix costs\n" +
                       page.split("What the prefix costs")[1].split("\n\n", 2)[1])
@@ -655,8 +654,7 @@ def test_the_prefix_timing_table_is_the_stored_runs():
         assert rows[row] == [f"{m['run'][key]:.1f} s" for m in timed], row
     default = next(m for m in runs("locked") if m["run"]["config"]["seed"] == 0)
     for split in ("test", "compositional", "paraphrase"):
-        assert timed[0][split] == {key: value for key, value in default[split].items()
-                                   if not key.startswith("binding_")}
+        assert timed[0][split] == default[split]
 
 
 def test_why_a_solved_example_hurts_is_the_stored_benchmark():
