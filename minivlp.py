@@ -72,7 +72,7 @@ class LMConfig:
 
 @dataclass
 class AlignConfig:
-    steps: int = 300             # alignment steps (only the visual embedder learns)
+    steps: int = 600             # alignment steps (only the visual embedder learns)
     batch_size: int = 256        # N in §4.2: each image has up to N - 1 negative captions
     lr: float = 2e-3
     warmup_steps: int = 30

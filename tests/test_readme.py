@@ -79,6 +79,7 @@ def test_the_headline_tables_are_the_five_locked_runs():
     assert {(m["run"]["config"]["lm"]["taps"], m["run"]["config"]["lm"]["steps"],
              m["run"]["config"]["align"]["prefix_tokens"], m["run"]["config"]["align"]["spelling"])
             for m in locked} == {(5, 3600, 16, 16.0)}
+    assert {m["run"]["config"]["align"]["steps"] for m in locked} == {600}
 
 
 @pytest.mark.parametrize("tower", ["locked", "random", "finetune", "scratch"])
@@ -311,7 +312,7 @@ def test_what_composed_is_the_stored_runs():
                                     for f in ("spelling/weight1", "reading/recipe")]
     assert found[4] == f"{np.mean([m['compositional']['caption_exact_match_reranked'] for m in runs('reading/taps4_pulled')]):.3f}"
     assert [m["run"]["config"]["lm"]["taps"] for m in runs("reading/recipe")] == [4] * 5
-    five = re.search(r"five-tap LMs caption them (\d\.\d+ \(\d\.\d+–\d\.\d+\)), re-ranked "
+    five = re.search(r"five-tap LMs, aligned for 600 steps, caption them (\d\.\d+ \(\d\.\d+–\d\.\d+\)), re-ranked "
                      r"(\d\.\d+)", text).groups()
     check(five[0], greedy("locked"))
     assert five[1] == f"{np.mean([m['compositional']['caption_exact_match_reranked'] for m in runs('locked')]):.3f}"
@@ -380,12 +381,12 @@ def test_the_five_taps_pulled_at_16_are_the_stored_runs():
 
 
 def test_five_taps_with_absent_pairs_from_the_line_are_the_stored_runs():
-    """design.md, "Reading its context": the default, 5 taps and the lookup documents' absent
-    pairs drawn from the line (runs/locked), each figure as written, against the 4-tap LMs'
-    means (runs/reading/taps4_pulled)."""
+    """design.md, "Reading its context": the default LM, 5 taps and the lookup documents' absent
+    pairs drawn from the line, aligned 300 steps as the 4-tap LMs were (runs/reading/taps5_line),
+    each figure as written, against the 4-tap LMs' means (runs/reading/taps4_pulled)."""
     text = " ".join((ROOT / "tutorials" / "design.md").read_text(encoding="utf-8").split())
     text = text.split("Five taps with the lookup documents' absent pairs")[1].split("Six taps")[0]
-    line, four = runs("locked"), runs("reading/taps4_pulled")
+    line, four = runs("reading/taps5_line"), runs("reading/taps4_pulled")
     assert [m["run"]["config"]["lm"]["taps"] for m in line] == [5] * 5
     assert [m["run"]["config"]["seed"] for m in line] == [0, 1, 2, 3, 4]
 
@@ -699,3 +700,41 @@ def test_the_reading_tables_pulled_and_default_rows_are_the_stored_runs():
                                   "default: true caption": ("locked", "vqa_text_acc")}.items():
         for kind, cell in zip(kinds, rows[row], strict=True):
             check(cell, [m["test"][f"{prefix}_{kind}"] for m in runs(folder)])
+
+
+def test_how_long_to_align_is_the_stored_runs():
+    """design.md, "How long to align": seed 2's probes (runs/reading/align_probes/) and the five
+    seeds at 600 steps (runs/locked) against 300 (runs/reading/taps5_line), the same LMs."""
+    page = (ROOT / "tutorials" / "design.md").read_text(encoding="utf-8")
+    text = " ".join(page.split("**How long to align.**")[1].split("\n**")[0].split())
+    long, short = runs("locked"), runs("reading/taps5_line")
+    assert [m["run"]["config"]["align"]["steps"] for m in long + short] == [600] * 5 + [300] * 5
+    assert [m["run"]["lm_held_out_loss"] for m in long] == [m["run"]["lm_held_out_loss"] for m in short]
+    probe = lambda name: json.loads((RUNS / "reading" / "align_probes" / f"seed2_{name}.json").read_text())
+    weight64, rows128 = probe("spelling64"), probe("question_rows128")
+    seed2 = lambda ran: next(m for m in ran if m["run"]["config"]["seed"] == 2)
+    assert (weight64["run"]["config"]["align"]["spelling"], rows128["run"]["config"]["align"]["question_rows"]) == (64.0, 128)
+    second = lambda m: f"{m['test']['vqa_acc_colour_second']:.2f}"
+    assert (f"Seed 2 ({second(seed2(short))}), one change at a time against the same LM "
+            f"(`runs/reading/align_probes/`): the pull at weight 64, {second(weight64)}; 128 images "
+            f"asked a step (`--question-rows 128`), {second(rows128)}, alignment "
+            f"{rows128['run']['align_seconds']:.0f} s against {seed2(short)['run']['align_seconds']:.0f}"
+            f" s; 600 steps, {second(seed2(long))}.") in text
+    mean = lambda ran, split, key, d=2: f"{np.mean([m[split][key] for m in ran]):.{d}f}"
+    number = r"(\d\.\d+ \(\d\.\d+–\d\.\d+\))"
+    cells = re.search(rf"colour of the first and the second object {number} and {number} against "
+                      rf"(\S+) and (\S+), an absent pair denied {number} against (\S+), "
+                      rf"`compositional` captions {number} against (\S+); paraphrase retrieval, "
+                      rf"text to image, (\S+) against (\S+)\.", text).groups()
+    for cell, key in zip(cells[:2], ["vqa_acc_colour_first", "vqa_acc_colour_second"]):
+        check(cell, [m["test"][key] for m in long])
+    assert list(cells[2:4]) == [mean(short, "test", "vqa_acc_colour_first"),
+                                mean(short, "test", "vqa_acc_colour_second")]
+    check(cells[4], [m["test"]["vqa_acc_exists_absent"] for m in long])
+    assert cells[5] == mean(short, "test", "vqa_acc_exists_absent")
+    check(cells[6], [m["compositional"]["caption_exact_match"] for m in long])
+    assert cells[7] == mean(short, "compositional", "caption_exact_match", 3)
+    assert [cells[8], cells[9]] == [mean(ran, "paraphrase", "text_to_image_R@1", 3) for ran in (long, short)]
+    seconds = lambda ran: f"{min(m['run']['align_seconds'] for m in ran):.0f} to " \
+                          f"{max(m['run']['align_seconds'] for m in ran):.0f} s"
+    assert f"It costs {seconds(long)} of alignment against {seconds(short)[:-2]} s." in text
