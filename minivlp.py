@@ -1565,6 +1565,7 @@ def lookup_document(rng):
         if colours.count(colour) == 1:
             asked.append((f"what shape is the {colour} object?", shape, "shape"))
     for _ in range(2):  # half the time about an object that is there, as in shapes_questions
+        # else a colour and a shape both in the line, so that no single word denies the pair
         pair = (pick(rng, colours), pick(rng, shapes))
         if rng.random() < 0.5:
             pair = objects[int(rng.integers(len(objects)))]
